@@ -1,0 +1,180 @@
+"""Byte corpora: where the bytes come from, how they split, what they were.
+
+A corpus is one uint8 array (a memory map, never a Python list) holding its documents back
+to back, plus the offsets where documents start. Sources:
+
+- a file: one document, memory-mapped in place;
+- a directory (recursive, sorted paths) or a glob: one document per file, concatenated once
+  into a cache file and memory-mapped from there;
+- `stdlib`: the .py files of the running Python's standard library (site-packages left out),
+  the embedded default corpus that every machine has offline;
+- `enwik8`: the first 10^8 bytes of English Wikipedia, see `blt.data.enwik8`.
+
+Splits cut the concatenated bytes at fixed fractions (no shuffling, so they never change):
+90/10 (train/val) for tiny shakespeare as nanoGPT does, 90/5/5 (train/val/test) otherwise.
+A document that straddles a cut becomes two documents, one in each split.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from blt.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BLT_CACHE_DIR", Path.home() / ".cache" / "blt"))
+
+
+@dataclass
+class ByteSplit:
+    """Bytes of one split and its document starts (relative; docs[-1] == len(data))."""
+
+    data: np.ndarray  # (N,) uint8
+    docs: np.ndarray  # (D+1,) int64
+
+    @property
+    def n_bytes(self) -> int:
+        return int(self.data.shape[0])
+
+    def documents(self):
+        for a, b in zip(self.docs[:-1], self.docs[1:]):
+            yield self.data[a:b]
+
+
+@dataclass
+class Corpus:
+    name: str
+    data: np.ndarray  # (N,) uint8, usually a np.memmap
+    docs: np.ndarray  # (D+1,) int64 document start offsets, docs[-1] == N
+    fractions: tuple[float, ...]  # cumulative cut points, e.g. (0.9, 1.0) or (0.9, 0.95, 1.0)
+    fingerprint: dict
+
+    def split_range(self, split: str) -> tuple[int, int]:
+        n = len(self.data)
+        names = SPLITS[: len(self.fractions)]
+        if split == "all":
+            return 0, n
+        if split not in names:
+            raise UserError(
+                f"corpus '{self.name}' has no '{split}' split (it has: {', '.join(names)}, all)"
+            )
+        i = names.index(split)
+        lo = 0 if i == 0 else int(n * self.fractions[i - 1])
+        hi = int(n * self.fractions[i])
+        return lo, hi
+
+    def split(self, split: str) -> ByteSplit:
+        lo, hi = self.split_range(split)
+        inner = self.docs[(self.docs > lo) & (self.docs < hi)]
+        docs = np.concatenate([[lo], inner, [hi]]).astype(np.int64) - lo
+        return ByteSplit(self.data[lo:hi], docs)
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return SPLITS[: len(self.fractions)]
+
+
+def split_fractions(name: str, splits: str) -> tuple[float, ...]:
+    """'auto' picks 90/10 for tiny shakespeare (nanoGPT's split) and 90/5/5 otherwise."""
+    if splits == "auto":
+        splits = "90/10" if "shakespeare" in Path(name).name.lower() else "90/5/5"
+    try:
+        parts = [float(p) for p in splits.split("/")]
+    except ValueError:
+        raise UserError(f"data.splits must look like 90/5/5 or 90/10, got '{splits}'") from None
+    if len(parts) not in (2, 3) or abs(sum(parts) - 100) > 1e-6 or min(parts) <= 0:
+        raise UserError(f"data.splits must be 2 or 3 positive percentages summing to 100, got '{splits}'")
+    return tuple(float(x) for x in np.cumsum(parts) / 100.0)
+
+
+def _sha256_file(path: Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+def stdlib_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    return sorted(p for p in root.rglob("*.py") if p.is_file() and not skip & set(p.relative_to(root).parts))
+
+
+def _concatenated(files: list[Path], label: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Concatenate files once into the cache; memory-map the result."""
+    sizes = [p.stat().st_size for p in files]
+    key_src = json.dumps([[str(p), s, p.stat().st_mtime_ns] for p, s in zip(files, sizes)])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+    d = cache_dir() / "corpora"
+    bin_path, meta_path = d / f"{key}.bin", d / f"{key}.json"
+    if not (bin_path.exists() and meta_path.exists()):
+        d.mkdir(parents=True, exist_ok=True)
+        h = hashlib.sha256()
+        tmp = d / f"{key}.bin.tmp{os.getpid()}"
+        with open(tmp, "wb") as out:
+            for p in files:
+                block = p.read_bytes()
+                h.update(block)
+                out.write(block)
+        docs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        meta = {"files": len(files), "bytes": int(docs[-1]), "sha256": h.hexdigest(), "docs": docs.tolist()}
+        meta_tmp = d / f"{key}.json.tmp{os.getpid()}"
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(tmp, bin_path)
+        os.replace(meta_tmp, meta_path)
+    meta = json.loads(meta_path.read_text())
+    docs = np.asarray(meta["docs"], dtype=np.int64)
+    data = np.memmap(bin_path, dtype=np.uint8, mode="r") if meta["bytes"] else np.zeros(0, np.uint8)
+    fp = {"source": label, "files": meta["files"], "bytes": meta["bytes"], "sha256": meta["sha256"]}
+    return data, docs, fp
+
+
+def _from_files(files: list[Path], label: str, splits: str) -> Corpus:
+    files = [p for p in files if p.is_file()]
+    if not files:
+        raise UserError(f"no files found for corpus '{label}'")
+    if sum(p.stat().st_size for p in files) == 0:
+        raise UserError(f"corpus '{label}' is empty (0 bytes)")
+    if len(files) == 1:
+        path = files[0]
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        docs = np.array([0, len(data)], dtype=np.int64)
+        fp = {"source": label, "files": 1, "bytes": len(data), "sha256": _sha256_file(path).hexdigest()}
+    else:
+        data, docs, fp = _concatenated(files, label)
+    return Corpus(label, data, docs, split_fractions(label, splits), fp)
+
+
+def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None) -> Corpus:
+    """Resolve a corpus name or path (file, directory, glob) to a Corpus."""
+    if spec == "stdlib":
+        return _from_files(stdlib_files(), "stdlib", splits)
+    if spec == "enwik8":
+        from blt.data.enwik8 import enwik8_path
+
+        return _from_files([enwik8_path(data_dir)], "enwik8", splits if splits != "auto" else "90/5/5")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _from_files([path], str(spec), splits)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        if not files:
+            raise UserError(f"directory {spec} holds no files")
+        return _from_files(files, str(spec), splits)
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(spec, recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"glob {spec} matches no files")
+        return _from_files(files, str(spec), splits)
+    raise UserError(f"data not found: '{spec}' is no file, directory, glob, or known corpus (stdlib, enwik8)")

@@ -1,0 +1,192 @@
+"""Llama-style transformer blocks, shared by every model in the project.
+
+Pre-norm RMSNorm, rotary position embeddings (RoPE, half-split rotation), no biases,
+SwiGLU feed-forward, optional grouped-query attention, attention through
+`scaled_dot_product_attention` with a boolean mask (see `masks.py`) or the causal fast path.
+
+Contract of `TransformerStack.forward(h, positions, mask, cache)`:
+- h: (B, T, D) input states, positions: (B, T) absolute positions (RoPE uses them);
+- mask: (B, 1, T, S) bool or None for plain causal attention over the T positions;
+- cache: a `KVCache` already `begin()`-ed for these positions (its mask is then used).
+Models are built first and initialised by `init_weights()` afterwards, so they can be built
+on the meta device and sharded (FSDP2) before any memory is touched.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blt.errors import UserError
+from blt.models.kv_cache import KVCache
+
+
+@dataclass
+class TransformerConfig:
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None = n_heads (no grouping)
+    ffn_dim: int | None = None  # None = 8/3 * dim rounded up to a multiple of 32 (SwiGLU)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    window: int | None = None  # sliding-window span: keys a query sees, itself included; None = all
+    init_std: float = 0.02
+
+    def validate(self):
+        if self.dim % self.n_heads:
+            raise UserError(f"model dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise UserError("head dimension (dim / n_heads) must be even for RoPE")
+        if self.n_heads % self.kv_heads:
+            raise UserError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
+        if self.window is not None and self.window < 1:
+            raise UserError("window must be a positive integer or null")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_dim:
+            return self.ffn_dim
+        return 32 * math.ceil(8 * self.dim / 3 / 32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def init_weights(self):
+        nn.init.ones_(self.weight)
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables computed from positions on the fly (cheap, and any position works)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+
+    def init_weights(self):
+        exps = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=self.inv_freq.device)
+        self.inv_freq.copy_((1.0 / self.theta ** (exps / self.head_dim)).float())
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
+        return angles.cos()[:, None], angles.sin()[:, None]  # (B, 1, T, D/2) each
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + D/2]) by the position's angle. x: (B, H, T, D)"""
+    a, b = x.float().chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.layer = layer
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, rope, mask=None, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, L, D)
+        gqa = self.kv_heads != self.n_heads
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = FeedForward(cfg.dim, cfg.hidden_dim)
+
+    def forward(self, h, rope, mask=None, cache=None):
+        h = h + self.attn(self.attn_norm(h), rope, mask, cache)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+def init_linear(linear: nn.Linear, std: float):
+    nn.init.trunc_normal_(linear.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+
+class TransformerStack(nn.Module):
+    """n_layers blocks and a final norm; states in, states out."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+    @torch.no_grad()
+    def init_weights(self):
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * max(1, self.cfg.n_layers))  # residual writes scaled by depth
+        self.rotary.init_weights()
+        self.norm.init_weights()
+        for block in self.layers:
+            block.attn_norm.init_weights()
+            block.ffn_norm.init_weights()
+            for lin in (block.attn.wq, block.attn.wk, block.attn.wv, block.ffn.w1, block.ffn.w3):
+                init_linear(lin, std)
+            init_linear(block.attn.wo, out_std)
+            init_linear(block.ffn.w2, out_std)
+
+    def new_cache(self, batch: int, context: int, max_step: int, dtype=torch.float32, device=None) -> KVCache:
+        """A cache whose queries see min(window, context) keys; steps add <= max_step positions."""
+        c = self.cfg
+        window = min(c.window or context, context)
+        return KVCache(c.n_layers, batch, c.kv_heads, c.head_dim, window, max_step, dtype, device)
+
+    def forward(self, h, positions, mask=None, cache: KVCache | None = None):
+        rope = self.rotary(positions)
+        if cache is not None:
+            mask = cache.begin(positions)
+        for block in self.layers:
+            h = block(h, rope, mask, cache)
+        return self.norm(h)

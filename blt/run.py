@@ -1,0 +1,83 @@
+"""What a run is: its config tree, its directory, and the model it builds.
+
+A run directory holds:
+    config.yaml            the resolved RunConfig (every default written out)
+    metrics.jsonl          one JSON object per logged step
+    checkpoints/step_NNNNNNN/{model.safetensors, model.json, train_state.pt}
+    checkpoints/LATEST     name of the newest complete checkpoint
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from blt.config import read_yaml, from_dict
+from blt.errors import UserError
+from blt.models.byte_lm import ByteLM, ByteLMConfig
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "stdlib"  # path, directory, glob, 'stdlib' or 'enwik8'
+    splits: str = "auto"  # '90/10', '90/5/5', or 'auto' (90/10 for tiny shakespeare, else 90/5/5)
+    data_dir: str | None = None  # where pre-downloaded corpora (enwik8) live; also $BLT_DATA_DIR
+    batch_size: int = 16  # windows per optimizer step per rank (before grad_accum)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    clip: float = 1.0  # global grad-norm clip; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    grad_accum: int = 1
+    seed: int = 0
+    bf16: bool = False  # autocast matmuls to bfloat16
+    log_every: int = 10
+    eval_every: int = 250  # 0 = only at the end
+    eval_bytes: int | None = 200_000  # periodic validation on the first N val bytes; null = all
+    ckpt_every: int = 500  # 0 = only at the end
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model_kind: Literal["byte"] = "byte"
+    model: ByteLMConfig = field(default_factory=ByteLMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self):
+        if self.train.steps < 1:
+            raise UserError(f"train.steps must be at least 1, got {self.train.steps}")
+        if self.train.grad_accum < 1 or self.data.batch_size < 1:
+            raise UserError("train.grad_accum and data.batch_size must be at least 1")
+
+
+def build_model(cfg: RunConfig):
+    """Construct (not initialise) the model a config describes; call init_weights() after."""
+    if cfg.model_kind == "byte":
+        return ByteLM(cfg.model)
+    raise UserError(f"unknown model_kind '{cfg.model_kind}'")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    return from_dict(RunConfig, read_yaml(path))
