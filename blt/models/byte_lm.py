@@ -79,3 +79,43 @@ class ByteLM(nn.Module):
         t = masked_targets(targets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
         return loss, (t != -100).sum()
+
+    @torch.no_grad()
+    def score_documents(self, docs, batch_size: int = 16, chunk: int | None = None) -> list:
+        """Nats spent on every byte of each document, given BOS and all earlier bytes.
+
+        Long documents are cut into chunks of `chunk` scored positions; each chunk is run with
+        the W-1 positions before it as context, under a sliding window of W = min(window,
+        context) keys, so every byte sees min(its index, W-1) earlier positions: the most the
+        model ever saw in training. docs: list of uint8 arrays -> list of float32 arrays.
+        """
+        import numpy as np
+
+        W = min(self.cfg.window or self.cfg.context, self.cfg.context)
+        chunk = chunk or 4 * self.cfg.context
+        device = self.head.weight.device
+        jobs = []  # (doc index, seq start, score start, score end)
+        seqs = []
+        for d, doc in enumerate(docs):
+            seq = np.concatenate([[BOS_ID], np.asarray(doc, dtype=np.int64)])
+            seqs.append(seq)
+            n = len(doc)
+            for c in range(0, n, chunk):
+                jobs.append((d, max(0, c - W + 1), c, min(c + chunk, n)))
+        out = [np.zeros(len(doc), dtype=np.float32) for doc in docs]
+        for b in range(0, len(jobs), batch_size):
+            group = jobs[b : b + batch_size]
+            L = max(e - s for _, s, _, e in group)
+            ids = torch.full((len(group), L), PAD_ID, dtype=torch.long)
+            tgt = torch.full((len(group), L), PAD_ID, dtype=torch.long)
+            pos = torch.full((len(group), L), -1, dtype=torch.long)
+            for r, (d, s, _, e) in enumerate(group):
+                ids[r, : e - s] = torch.from_numpy(seqs[d][s:e])
+                tgt[r, : e - s] = torch.from_numpy(seqs[d][s + 1 : e + 1])
+                pos[r, : e - s] = torch.arange(e - s)
+            ids, tgt, pos = ids.to(device), tgt.to(device), pos.to(device)
+            logits = self(ids, positions=pos, mask=attention_mask(pos, pos, W))
+            nats = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none").cpu()  # (B, L)
+            for r, (d, s, c, e) in enumerate(group):
+                out[d][c:e] = nats[r, c - s : e - s].numpy()
+        return out

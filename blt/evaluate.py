@@ -1,0 +1,44 @@
+"""Bits per byte over every byte of a split.
+
+bpb = (sum of nats over scored bytes) / (ln 2 * number of scored bytes): summed first, then
+divided, never an average of batch means. Each document is scored as BOS followed by its
+bytes; every byte is scored, EOS is not. Models provide `score_documents(docs)` (nats per
+byte of each document, see ByteLM.score_documents for the windowing rule).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from blt.data.corpus import ByteSplit
+
+
+def split_documents(split: ByteSplit, max_bytes: int | None = None) -> list[np.ndarray]:
+    """The split's documents, cut after the first max_bytes bytes (None = all)."""
+    docs, total = [], 0
+    for doc in split.documents():
+        if max_bytes is not None and total + len(doc) > max_bytes:
+            doc = doc[: max_bytes - total]
+        if len(doc):
+            docs.append(np.asarray(doc))
+            total += len(doc)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    return docs
+
+
+def bits_per_byte(nats: float, n_bytes: int) -> float:
+    return nats / (math.log(2) * max(n_bytes, 1))
+
+
+def evaluate_split(model, split: ByteSplit, max_bytes: int | None = None, batch_size: int = 16) -> dict:
+    """{'bpb', 'bytes', 'nats'} of a model over (the first max_bytes of) a split."""
+    was_training = model.training
+    model.eval()
+    docs = split_documents(split, max_bytes)
+    per_doc = model.score_documents(docs, batch_size=batch_size)
+    model.train(was_training)
+    nats = float(sum(float(np.sum(x, dtype=np.float64)) for x in per_doc))
+    n = int(sum(len(x) for x in per_doc))
+    return {"bpb": bits_per_byte(nats, n), "bytes": n, "nats": nats}
