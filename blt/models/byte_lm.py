@@ -73,12 +73,12 @@ class ByteLM(nn.Module):
         h = self.stack(h, positions, mask, cache)
         return self.head(h).float()  # (B, T, V)
 
-    def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy (nats) over scored targets, and their count."""
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy (nats) over scored targets, and stats {'targets': count}."""
         logits = self(ids)
         t = masked_targets(targets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
-        return loss, (t != -100).sum()
+        return loss, {"targets": int((t != -100).sum())}
 
     @torch.no_grad()
     def score_documents(self, docs, batch_size: int = 16, chunk: int | None = None) -> list:
