@@ -1,0 +1,240 @@
+"""The Byte Latent Transformer: local encoder -> latent transformer over patches -> local decoder.
+
+    ids (B, T), starts (B, T+1) -> LocalEncoder -> byte states (B, T, De), patches (B, P, Dl)
+                                -> LatentTransformer -> latent outputs (B, P, Dl)
+                                -> LocalDecoder -> logits (B, T, V)
+
+Patch bookkeeping (the convention shared with blt.patching.patchers): a window has T+1 ids,
+inputs ids[:, :-1], targets ids[:, 1:]; starts[:, q] marks the first position of a patch and
+patch(q) = cumsum(starts)[q] - 1. Byte p is pooled into encoder patch patch(p); the latent runs
+over the P = patch(T-1) + 1 patches of the inputs (ragged per row: padded and masked).
+
+THE DECODER RULE, which keeps the future out: the prediction made at input position p (for
+the id at p+1) reads only the latent output of patch(p+1) - 1, the last patch that closed at
+or before p. Every byte of that patch, and of every patch the latent let it see, is <= p, and
+starts[:p+2] depend only on ids[:p+1] (but for the start forced at a BOS, whose target is never
+scored), so nothing after byte p reaches the prediction. The first real byte (position 1, always a start) is predicted from the BOS patch. Reading
+patch(p+1) itself would leak the target's own patch (tests/test_no_leak.py checks both).
+
+Starts are completed with the forced ones (q = 0, q = 1, BOS, after BOS) whatever the
+patcher gave, so a patch never spans two documents. The model is built first and initialised
+by init_weights() afterwards (meta-device / FSDP2 friendly). For inference the model may
+carry a `patcher` and a frozen `entropy_model` (a ByteLM, saved under 'entropy_model.').
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blt.errors import UserError
+from blt.models.byte_lm import ByteLM
+from blt.models.hash_ngram import HASH_PRIMES
+from blt.models.latent import LatentTransformer, patch_documents
+from blt.models.local_decoder import LocalDecoder
+from blt.models.local_encoder import LocalEncoder
+from blt.models.masks import document_ids
+from blt.models.transformer import TransformerConfig
+from blt.patching.entropy import compute_entropies, online_entropies
+from blt.vocab import BOS_ID, PAD_ID, is_byte
+
+
+@dataclass
+class BLTConfig:
+    context: int = 512  # bytes per training window (input positions)
+    latent_context: int | None = None  # patches the latent attends to; None = context
+    encoder: TransformerConfig = field(
+        default_factory=lambda: TransformerConfig(dim=128, n_layers=1, n_heads=4, window=128)
+    )
+    latent: TransformerConfig = field(
+        default_factory=lambda: TransformerConfig(dim=256, n_layers=4, n_heads=4)
+    )
+    decoder: TransformerConfig = field(
+        default_factory=lambda: TransformerConfig(dim=128, n_layers=2, n_heads=4, window=128)
+    )
+    k: int = 2  # query vectors (encoder) and key/value slots (decoder) per patch
+    hash_ngram_sizes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    n_hash_functions: int = 1
+    hash_buckets: int = 30000  # rows of each hash n-gram table
+
+    def validate(self):
+        for part in (self.encoder, self.latent, self.decoder):
+            part.validate()
+        if self.context < 2:
+            raise UserError(f"model.context must be at least 2, got {self.context}")
+        if self.latent_context is not None and self.latent_context < 1:
+            raise UserError(f"model.latent_context must be at least 1 or null, got {self.latent_context}")
+        if self.k < 1:
+            raise UserError(f"model.k (queries per patch) must be at least 1, got {self.k}")
+        sizes = self.hash_ngram_sizes
+        if any(n < 2 for n in sizes) or len(set(sizes)) != len(sizes):
+            raise UserError(f"model.hash_ngram_sizes must be distinct integers >= 2, got {sizes}")
+        if not 0 <= self.n_hash_functions <= len(HASH_PRIMES):
+            raise UserError(
+                f"model.n_hash_functions must be between 0 and {len(HASH_PRIMES)}, got {self.n_hash_functions}"
+            )
+        if self.hash_buckets < 1:
+            raise UserError(f"model.hash_buckets must be at least 1, got {self.hash_buckets}")
+
+    @property
+    def latent_span(self) -> int:
+        return self.latent_context or self.context
+
+
+def complete_starts(ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """starts (B, T+1) plus the forced starts visible from the inputs ids (B, T). (B, T+1) bool"""
+    B, T = ids.shape
+    if starts.shape != (B, T + 1):
+        raise ValueError(f"starts must be (B, T+1) = {(B, T + 1)}, got {tuple(starts.shape)}")
+    is_bos = ids == BOS_ID
+    out = starts.bool().clone()
+    out[:, :T] |= is_bos
+    out[:, 1:] |= is_bos
+    out[:, :2] = True
+    return out
+
+
+class ByteLatentTransformer(nn.Module):
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = LocalEncoder(cfg.encoder, cfg.latent.dim, cfg.k, cfg.hash_ngram_sizes,
+                                    cfg.n_hash_functions, cfg.hash_buckets)
+        self.latent = LatentTransformer(cfg.latent, cfg.latent_span)
+        self.decoder = LocalDecoder(cfg.decoder, cfg.encoder.dim, cfg.latent.dim, cfg.k)
+        self.patcher = None  # a blt.patching.patchers.Patcher, for patch_starts / score_documents
+        self.entropy_model = None  # a frozen ByteLM when the patcher needs entropies
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Initialise every weight (the entropy model too, if one is attached: load it after)."""
+        self.encoder.init_weights()
+        self.latent.init_weights()
+        self.decoder.init_weights()
+        if self.entropy_model is not None:
+            self.entropy_model.init_weights()
+
+    def set_patching(self, patcher, entropy_model: ByteLM | None = None):
+        """Attach the patcher used at inference and, for entropy patchers, a frozen entropy model."""
+        if patcher.needs_entropy and entropy_model is None:
+            raise UserError(f"{type(patcher).__name__} needs an entropy model")
+        self.patcher = patcher
+        if entropy_model is not None:
+            self.entropy_model = entropy_model.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.entropy_model is not None:
+            self.entropy_model.eval()  # frozen: never in training mode
+        return self
+
+    def decoder_patches(self, patch: torch.Tensor) -> torch.Tensor:
+        """THE DECODER RULE: input position p reads latent output patch(p+1) - 1.
+        patch (B, T+1) patch index of every window position -> (B, T)"""
+        return patch[:, 1:] - 1
+
+    def forward(self, ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) inputs, starts (B, T+1) patch starts of the whole window -> logits (B, T, V)"""
+        B, T = ids.shape
+        patch = complete_starts(ids, starts).long().cumsum(dim=1) - 1  # (B, T+1)
+        byte_patch = patch[:, :T]  # (B, T)
+        n_patches = byte_patch[:, -1] + 1  # (B,)
+        P = int(n_patches.max())
+        byte_states, patches = self.encoder(ids, byte_patch, n_patches, P)  # (B, T, De), (B, P, Dl)
+        patch_docs = patch_documents(document_ids(ids, BOS_ID), byte_patch, P)  # (B, P)
+        latent_out = self.latent(patches, patch_docs, n_patches)  # (B, P, Dl)
+        return self.decoder(ids, byte_states, latent_out, self.decoder_patches(patch))
+
+    def loss(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy (nats) over real-byte targets; stats {'targets', 'patches'}.
+
+        BOS, PAD and EOS targets are not scored. BOS and PAD never are (see ByteLM). EOS is
+        left out because its boundary is causal only where the EOS position carries the
+        entropy model's real value (the training sampler stores it); the patchers' documented
+        convention puts 0 there, and with 0 whether an EOS starts a patch depends on the EOS id
+        itself, so the decoder could read EOS off the patching. Evaluation (blt.evaluate)
+        scores bytes only, so the loss measures the same thing; the price is a model that
+        never learns to emit EOS.
+        'patches' counts the patches starting at a scored byte: targets / patches is the mean
+        patch size over real bytes.
+        """
+        logits = self(ids, starts)
+        scored = is_byte(targets)  # (B, T)
+        t = targets.masked_fill(~scored, -100)
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
+        n_patches = complete_starts(ids, starts)[:, 1:] & scored
+        return loss, {"targets": int(scored.sum()), "patches": int(n_patches.sum())}
+
+    # ---- inference ------------------------------------------------------------------------
+
+    def _check_patching(self, need_entropy_model: bool):
+        if self.patcher is None:
+            raise UserError("this BLT model has no patcher: call set_patching() first")
+        if need_entropy_model and self.patcher.needs_entropy and self.entropy_model is None:
+            raise UserError(f"{type(self.patcher).__name__} needs an entropy model, and none is attached")
+
+    @torch.no_grad()
+    def patch_starts(self, ids_window: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch starts of windows (B, T+1) with the attached patcher. (B, T+1) bool
+
+        Entropies are computed online with the entropy model (`online_entropies`: each
+        document of the window from its BOS) when the patcher needs them and none are given."""
+        self._check_patching(need_entropy_model=entropies is None)
+        if self.patcher.needs_entropy and entropies is None:
+            entropies = online_entropies(self.entropy_model, ids_window)
+        return self.patcher.starts(ids_window, entropies)
+
+    @torch.no_grad()
+    def score_documents(self, docs, batch_size: int = 16, stride: int | None = None) -> list:
+        """Nats spent on every byte of each document, given BOS and all earlier bytes.
+
+        A document of n bytes is the sequence [BOS, b_1..b_n]; its n predictions are made in
+        windows of at most `context` input positions. The first window scores its every
+        position; each later one scores `stride` new positions (default context // 2) and
+        keeps the `context - stride` positions before them as left context, as much as the
+        model saw in training. Entropies (when the patcher needs them) are computed over the
+        whole document first (`compute_entropies`), so a window's boundaries come from the
+        document, not from the cut. docs: list of uint8 arrays -> list of float32 arrays.
+        """
+        self._check_patching(need_entropy_model=True)
+        C = self.cfg.context
+        stride = stride or max(1, C // 2)
+        device = next(self.parameters()).device
+        ents = None
+        if self.patcher.needs_entropy:
+            # entry i predicts byte i (sequence position i+1); the last one (EOS) is not needed
+            ents = [np.concatenate([[0.0], e[:-1]]).astype(np.float32)
+                    for e in compute_entropies(self.entropy_model, docs, batch_size)]
+        jobs = []  # (doc, window start, score start, score end) in input positions
+        for d, doc in enumerate(docs):
+            c, n = 0, len(doc)
+            while c < n:
+                e = min(c + (C if c == 0 else stride), n)
+                jobs.append((d, max(0, e - C), c, e))
+                c = e
+        out = [np.zeros(len(doc), dtype=np.float32) for doc in docs]
+        for b in range(0, len(jobs), batch_size):
+            group = jobs[b : b + batch_size]
+            L = max(e - s for _, s, _, e in group)
+            window = torch.full((len(group), L + 1), PAD_ID, dtype=torch.long)  # (B, L+1)
+            ent = torch.zeros(len(group), L + 1) if ents is not None else None
+            for r, (d, s, _, e) in enumerate(group):
+                # sequence positions s..e: [BOS] + doc shifted by one
+                seq = np.asarray(docs[d][max(s - 1, 0) : e], dtype=np.int64)
+                if s == 0:
+                    seq = np.concatenate([[BOS_ID], seq])
+                window[r, : e - s + 1] = torch.from_numpy(seq)
+                if ent is not None:
+                    ent[r, : e - s + 1] = torch.from_numpy(ents[d][s : e + 1])
+            window = window.to(device)
+            # padding sits after each row's window: every rule is causal, so it moves nothing real
+            starts = self.patch_starts(window, None if ent is None else ent.to(device))
+            logits = self(window[:, :-1], starts)  # (B, L, V)
+            nats = F.cross_entropy(logits.transpose(1, 2), window[:, 1:], reduction="none").cpu()  # (B, L)
+            for r, (d, s, c, e) in enumerate(group):
+                out[d][c:e] = nats[r, c - s : e - s].numpy()
+        return out
