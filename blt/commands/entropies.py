@@ -1,0 +1,49 @@
+"""`blt entropies ENTROPY_RUN --data CORPUS --out DIR`: precompute next-byte entropies.
+
+ENTROPY_RUN is an ordinary byte-level run (`blt train` with model_kind byte), typically with a
+sliding window. Every byte of every split document of the corpus gets the entropy of the
+model's distribution predicting it (see `blt.patching.entropy`); the result is a float16 file
+aligned with the corpus bytes, which BLT training reads to patch on the fly. The splits must be
+the ones the BLT run will use (--splits, default auto). A progress bar goes to stderr; stdout
+gets one JSON line: {"bytes", "mean_entropy", "seconds", "out", "corpus", "entropy_run"}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from blt.commands.eval import add_device_arg
+from blt.errors import UserError
+
+
+def add_parser(sub):
+    p = sub.add_parser("entropies", help="precompute an entropy model's per-byte entropies for a corpus")
+    p.add_argument("entropy_run", help="run directory of a byte-level entropy model")
+    p.add_argument("--data", required=True, help="corpus: file, directory, glob, stdlib or enwik8")
+    p.add_argument("--out", required=True, type=Path, help="directory to write entropies.f16/.json into")
+    p.add_argument("--splits", default="auto", help="split percentages, e.g. 90/5/5 (default: auto)")
+    p.add_argument("--data-dir", help="where pre-downloaded corpora (enwik8) live")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from blt.data.corpus import load_corpus
+    from blt.patching.entropy import write_entropy_file
+    from blt.run import load_run_config
+    from blt.train.distributed import pick_device
+    from blt.train.loop import resolve_corpus
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"{args.out} is a file; --out takes a directory")
+    load_run_config(args.entropy_run)  # a wrong run directory fails before the corpus is read
+    corpus = load_corpus(resolve_corpus(args.data), args.splits, args.data_dir)
+    device = pick_device(args.device, local_rank=0)
+    stats = write_entropy_file(args.entropy_run, corpus, args.out, args.batch_size, device, not args.no_progress)
+    summary = {**stats, "out": str(args.out), "corpus": corpus.name, "entropy_run": str(args.entropy_run)}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,135 @@
+"""`blt patches RUN --input FILE`: show where a patcher cuts a file into patches.
+
+RUN is an entropy model (a byte-level run) or, later, a BLT run. The file is one document
+(BOS, its first --max-bytes bytes, EOS). Each patch is shown in alternating colours when
+stdout is a terminal (--color), otherwise with a '|' before every patch; the last line gives
+the mean patch size (real bytes per patch). With an entropy model and no --theta, the
+threshold is calibrated on the file itself for --target-patch-size, and the line says so.
+A BPE patcher without --bpe-vocab learns its vocabulary from the file itself.
+
+`patcher_for_run` is the hook that turns a run into its patching: an entropy model comes
+with no patcher (the command line gives one); a BLT run will bring its stored patcher.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from blt.commands.eval import add_device_arg, open_run
+from blt.commands.score import read_input
+from blt.errors import UserError
+from blt.patching.patchers import KINDS, PatcherConfig
+
+COLOURS = ("\x1b[30;46m", "\x1b[30;43m")  # black on cyan, black on yellow
+RESET = "\x1b[0m"
+
+
+@dataclass
+class RunPatching:
+    config: PatcherConfig | None  # the run's own patcher; None for an entropy model
+    entropy_model: object | None  # a ByteLM computing entropies, when the patching needs one
+    bpe_vocab: list[bytes] | None = None
+
+
+def patcher_for_run(run_dir: str, device: str = "auto") -> RunPatching:
+    """How a run patches. Byte-level runs are entropy models and bring no patcher."""
+    model, cfg, _ = open_run(run_dir, device)
+    if cfg.model_kind == "byte":
+        return RunPatching(config=None, entropy_model=model)
+    # BLT runs: return their stored PatcherConfig, entropy model and BPE vocabulary here.
+    raise UserError(f"{run_dir} is a '{cfg.model_kind}' run; `blt patches` does not know its patcher yet")
+
+
+def add_parser(sub):
+    p = sub.add_parser("patches", help="show the patches a patcher cuts a file into")
+    p.add_argument("run", help="entropy model run (byte-level) or BLT run")
+    p.add_argument("--input", required=True, type=Path, help="file to patch (any bytes)")
+    p.add_argument("--kind", choices=KINDS, help="patcher (default: the run's, or entropy)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--theta", type=float, help="global entropy threshold in nats")
+    g.add_argument("--target-patch-size", type=float, help="calibrate the threshold for this mean (default 4.5)")
+    p.add_argument("--theta-r", type=float, help="relative threshold (relative, entropy_relative)")
+    p.add_argument("--patch-size", type=int, help="static patch size k")
+    p.add_argument("--max-patch-length", type=int, help="split patches longer than this")
+    p.add_argument("--bpe-vocab", help="BPE vocabulary (bpe_vocab.json or a run directory) for --kind bpe")
+    p.add_argument(
+        "--bpe-vocab-size", type=int, default=1024, help="tokens learned from the file itself without --bpe-vocab"
+    )
+    p.add_argument("--max-bytes", type=int, default=20_000, help="patch only the first N bytes (default 20000)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto", help="colour the patches")
+    add_device_arg(p)
+    p.set_defaults(func=run)
+
+
+def _patcher_config(args, stored: PatcherConfig | None) -> PatcherConfig:
+    """The run's patcher (or the default) with the command line's settings on top."""
+    cfg = stored or PatcherConfig(kind="entropy")
+    changes = {"kind": args.kind, "theta": args.theta, "theta_r": args.theta_r, "patch_size": args.patch_size}
+    changes.update(max_patch_length=args.max_patch_length, target_patch_size=args.target_patch_size)
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    if args.target_patch_size is not None:  # asking for a size means: calibrate, whatever is stored
+        cfg = replace(cfg, theta=None) if cfg.kind != "relative" else replace(cfg, theta_r=None)
+    cfg.validate()
+    return cfg
+
+
+def render(data: bytes, starts: np.ndarray, colour: bool) -> bytes:
+    """data with a '|' (or a colour change) before each patch; starts[i] is for data[i]."""
+    cuts = np.flatnonzero(starts).tolist() + [len(data)]
+    out = []
+    for n, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        mark = COLOURS[n % 2] if colour else "|"
+        out.append(mark.encode() + data[a:b])
+    if colour:
+        out.append(RESET.encode())
+    return b"".join(out)
+
+
+def run(args) -> int:
+    import torch
+
+    from blt.patching.bpe import load_bpe_vocab, train_bpe
+    from blt.patching.calibration import calibrate_config
+    from blt.patching.entropy import compute_entropies
+    from blt.patching.patchers import build_patcher, mean_patch_size
+    from blt.vocab import BOS_ID, EOS_ID
+
+    if args.max_bytes < 1:
+        raise UserError(f"--max-bytes must be at least 1, got {args.max_bytes}")
+    data = read_input(args.input)[: args.max_bytes]
+    doc = np.frombuffer(data, dtype=np.uint8)
+    patching = patcher_for_run(args.run, args.device)
+    cfg = _patcher_config(args, patching.config)
+    vocab = patching.bpe_vocab
+    if cfg.kind == "bpe" and (args.bpe_vocab or vocab is None):
+        if args.bpe_vocab:
+            vocab = load_bpe_vocab(args.bpe_vocab)
+        else:
+            msg = f"blt patches: learning a {args.bpe_vocab_size}-token BPE vocabulary from the file"
+            print(msg, file=sys.stderr)
+            vocab = train_bpe(data, args.bpe_vocab_size)
+    ent = np.zeros(len(data) + 1, dtype=np.float32)
+    if cfg.needs_entropy:
+        ent = compute_entropies(patching.entropy_model, [doc])[0]  # (n + 1,) last: EOS
+    note = ""
+    needs_calibration = (cfg.kind == "relative" and cfg.theta_r is None) or (
+        cfg.kind in ("entropy", "entropy_relative") and cfg.theta is None
+    )
+    if needs_calibration:
+        cfg, _ = calibrate_config(cfg, [doc], [ent])
+        value = cfg.theta_r if cfg.kind == "relative" else cfg.theta
+        note = f", threshold {value:.4f} calibrated on this file for a target of {cfg.target_patch_size}"
+    ids = torch.tensor([BOS_ID, *data, EOS_ID])[None]  # (1, n + 2)
+    patcher = build_patcher(cfg, vocab)
+    starts = patcher.starts(ids, torch.from_numpy(np.concatenate([[0.0], ent])).float()[None])
+    mean = mean_patch_size(starts, ids < 256)
+    colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    sys.stdout.flush()
+    sys.stdout.buffer.write(render(data, starts[0, 1:-1].numpy(), colour) + b"\n")
+    sys.stdout.buffer.flush()
+    n_patches = round(len(data) / mean)
+    print(f"mean patch size {mean:.3f} bytes ({len(data)} bytes in {n_patches} patches; {patcher!r}{note})")
+    return 0

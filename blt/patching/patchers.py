@@ -1,0 +1,310 @@
+"""Patchers: where patches begin, decided causally from bytes and entropies.
+
+THE CONVENTION (the BLT network, the data loader, generation and these patchers share it):
+
+- A window of ids has T+1 positions: ids (B, T+1); model inputs are ids[:, :-1] and targets
+  ids[:, 1:]. Patching covers all T+1 positions, so the patch of the next target is known too.
+- `starts` (B, T+1) bool: starts[:, q] is True when position q begins a new patch. It is
+  always True at q = 0 and q = 1 (position 0 is BOS or the window start; the first real byte
+  starts its own patch), at every q where ids[q] == BOS and where ids[q-1] == BOS (a document
+  restarts patching). The patch of position q is cumsum(starts)[q] - 1 (`patch_ids`).
+- `entropies` (B, T+1) float: entropies[:, q] is the entropy (nats) of the entropy model's
+  distribution that PREDICTS position q, i.e. computed from positions < q only
+  (H(softmax(logits[:, q-1]))). The value at q = 0 is unused (0), BOS positions carry 0 (a
+  forced start either way); an EOS position carries the entropy predicting that EOS.
+- Rules for q >= 2, on top of the forced starts:
+    entropy           entropies[q] > theta                          (global threshold)
+    relative          entropies[q] - entropies[q-1] > theta_r       (approximate monotonic)
+    entropy_relative  both of the above
+    static            every k bytes, counting from the first byte of the document or window
+    byte              always (one byte per patch: a plain byte-level model)
+    space             ids[q-1] is space-like and ids[q-2] is not (SpaceByte): a byte that is not
+                      [0-9A-Za-z] and not a UTF-8 continuation byte (0x80-0xBF) is space-like,
+                      BOS/EOS/PAD too; a run of space-like bytes starts only one patch
+    bpe               the open patch (the bytes since the last start, all before q) is not a
+                      proper prefix of any token of a BPE vocabulary. This is the CAUSAL form of
+                      BPE patching: a greedy longest match that never looks at byte q itself.
+                      The paper's segmentation by the tokenizer looks ahead (whether a token
+                      ends at q depends on bytes >= q) and would leak the future into training.
+  max_patch_length L (any patcher): a patch that has reached L positions is closed, i.e. q
+  starts a patch when q - (last start before q) >= L; decided from earlier positions only.
+- CAUSALITY: every start at q depends only on ids[:q] and entropies[:q+1], and entropies[q]
+  itself depends only on ids[:q]. Changing byte j therefore never moves starts[:j+1].
+
+Patchers are stateless and vectorised over the batch; the BPE rule (a trie walk) is the one
+sequential scan, run over positions for all rows at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from blt.errors import UserError
+from blt.patching.bpe import BPETrie
+from blt.vocab import BOS_ID, VOCAB_SIZE
+
+PatcherKind = Literal["entropy", "relative", "entropy_relative", "static", "byte", "space", "bpe"]
+KINDS = ("entropy", "relative", "entropy_relative", "static", "byte", "space", "bpe")
+ENTROPY_KINDS = ("entropy", "relative", "entropy_relative")
+
+
+@dataclass
+class PatcherConfig:
+    kind: PatcherKind = "entropy"
+    theta: float | None = None  # global entropy threshold (nats); None = calibrate to target_patch_size
+    theta_r: float | None = None  # relative threshold (nats); None = calibrate ('relative' kind)
+    patch_size: int = 4  # static k
+    max_patch_length: int | None = None  # split longer patches; None = unbounded
+    target_patch_size: float = 4.5  # mean bytes per patch that calibration aims at
+    bpe_vocab_size: int = 4096  # tokens (256 single bytes included) of the causal-BPE vocabulary
+    bpe_sample_bytes: int = 10_000_000  # training bytes the BPE vocabulary is learned from
+    entropy_run: str | None = None  # run directory of the entropy model (a byte-level run)
+
+    def validate(self):
+        if self.kind not in KINDS:
+            raise UserError(f"patcher kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
+        if self.patch_size < 1:
+            raise UserError(f"patching.patch_size must be at least 1, got {self.patch_size}")
+        if self.max_patch_length is not None and self.max_patch_length < 1:
+            raise UserError(f"patching.max_patch_length must be at least 1 or null, got {self.max_patch_length}")
+        if self.target_patch_size < 1:
+            raise UserError(f"patching.target_patch_size must be at least 1, got {self.target_patch_size}")
+        if self.bpe_vocab_size < 256:
+            raise UserError(f"patching.bpe_vocab_size must be at least 256, got {self.bpe_vocab_size}")
+
+    @property
+    def needs_entropy(self) -> bool:
+        return self.kind in ENTROPY_KINDS
+
+
+def _space_like_table() -> torch.Tensor:
+    table = torch.ones(VOCAB_SIZE, dtype=torch.bool)  # specials (BOS/EOS/PAD) are space-like
+    for b in range(256):
+        alnum = chr(b).isascii() and chr(b).isalnum()
+        continuation = 0x80 <= b <= 0xBF
+        table[b] = not (alnum or continuation)
+    return table
+
+
+SPACE_LIKE = _space_like_table()  # (V,) bool
+
+
+def forced_starts(ids: torch.Tensor) -> torch.Tensor:
+    """Starts every patcher keeps: q = 0, q = 1, BOS, and the position after a BOS. (B, T+1)"""
+    is_bos = ids == BOS_ID
+    forced = is_bos.clone()
+    forced[:, 1:] |= is_bos[:, :-1]
+    forced[:, :2] = True
+    return forced
+
+
+def _last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """For each q, the largest p <= q with mask[p] (mask[:, 0] must be True). (B, T+1)"""
+    idx = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, idx, torch.zeros_like(idx)).cummax(dim=1).values
+
+
+def split_long_patches(starts: torch.Tensor, max_len: int | None) -> torch.Tensor:
+    """Close every patch after max_len positions. Causal: uses earlier starts only.
+
+    Splitting a patch of n positions at every max_len-th position is what the sequential rule
+    "start when q - last_start >= max_len" produces, so one cummax does it for all rows.
+    """
+    if max_len is None:
+        return starts
+    idx = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)
+    offset = idx - _last_true_index(starts)  # (B, T+1) distance from the patch's first position
+    return starts | ((offset > 0) & (offset % max_len == 0))
+
+
+class Patcher:
+    """One interface: starts(ids (B, T+1), entropies (B, T+1) | None) -> (B, T+1) bool."""
+
+    needs_entropy: bool = False
+
+    def __init__(self, max_patch_length: int | None = None):
+        self.max_patch_length = max_patch_length
+
+    def rule(self, ids: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
+        """The patcher's own starts (only q >= 2 matter; forced starts are added). (B, T+1)"""
+        raise NotImplementedError
+
+    def starts(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be (B, T+1), got shape {tuple(ids.shape)}")
+        if self.needs_entropy:
+            if entropies is None:
+                raise ValueError(f"{type(self).__name__} needs entropies")
+            if entropies.shape != ids.shape:
+                raise ValueError(f"entropies {tuple(entropies.shape)} do not match ids {tuple(ids.shape)}")
+        starts = forced_starts(ids) | self.rule(ids, entropies)
+        return split_long_patches(starts, self.max_patch_length)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if isinstance(v, (int, float, type(None))))
+        return f"{type(self).__name__}({fields})"
+
+
+class EntropyPatcher(Patcher):
+    """Global threshold: q starts a patch when entropies[q] > theta."""
+
+    needs_entropy = True
+
+    def __init__(self, theta: float, max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.theta = float(theta)
+
+    def rule(self, ids, entropies):
+        return entropies > self.theta
+
+
+class RelativeEntropyPatcher(Patcher):
+    """Approximate monotonic: q starts a patch when entropies[q] - entropies[q-1] > theta_r."""
+
+    needs_entropy = True
+
+    def __init__(self, theta_r: float, max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.theta_r = float(theta_r)
+
+    def rule(self, ids, entropies):
+        out = torch.zeros_like(ids, dtype=torch.bool)
+        out[:, 1:] = (entropies[:, 1:] - entropies[:, :-1]) > self.theta_r
+        return out
+
+
+class CombinedEntropyPatcher(Patcher):
+    """Both rules: entropies[q] > theta and entropies[q] - entropies[q-1] > theta_r."""
+
+    needs_entropy = True
+
+    def __init__(self, theta: float, theta_r: float, max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.theta, self.theta_r = float(theta), float(theta_r)
+
+    def rule(self, ids, entropies):
+        out = torch.zeros_like(ids, dtype=torch.bool)
+        out[:, 1:] = (entropies[:, 1:] - entropies[:, :-1]) > self.theta_r
+        return out & (entropies > self.theta)
+
+
+class StaticPatcher(Patcher):
+    """MegaByte: a patch every k bytes, counting from the first byte of the document/window."""
+
+    def __init__(self, patch_size: int, max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.patch_size = int(patch_size)
+
+    def rule(self, ids, entropies):
+        first_byte = torch.zeros_like(ids, dtype=torch.bool)  # q == 1 or just after a BOS
+        first_byte[:, 1:] = ids[:, :-1] == BOS_ID
+        first_byte[:, :2] = True
+        idx = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        return (idx - _last_true_index(first_byte)) % self.patch_size == 0
+
+
+class BytePatcher(Patcher):
+    """One byte per patch."""
+
+    def rule(self, ids, entropies):
+        return torch.ones_like(ids, dtype=torch.bool)
+
+
+class SpacePatcher(Patcher):
+    """SpaceByte: q starts a patch when ids[q-1] is space-like and ids[q-2] is not."""
+
+    def rule(self, ids, entropies):
+        space = SPACE_LIKE.to(ids.device)[ids.clamp(0, VOCAB_SIZE - 1)]  # (B, T+1)
+        out = torch.zeros_like(space)
+        out[:, 2:] = space[:, 1:-1] & ~space[:, :-2]
+        return out
+
+
+class BPEPatcher(Patcher):
+    """Causal BPE: q starts a patch when the open patch is no proper prefix of any token."""
+
+    def __init__(self, tokens: list[bytes], max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.trie = BPETrie(tokens)
+        self.vocab_size = len(tokens)
+
+    def starts(self, ids, entropies=None):
+        # max_patch_length must reset the trie walk, so it lives inside the scan
+        ids_np = ids.detach().cpu().numpy()
+        B, T1 = ids_np.shape
+        forced = forced_starts(ids).cpu().numpy()
+        out = np.ones((B, T1), dtype=bool)
+        node = np.zeros(B, dtype=np.int64)  # trie node of the open patch (ids[last:q])
+        last = np.zeros(B, dtype=np.int64)
+        L = self.max_patch_length
+        for q in range(1, T1):
+            prev = ids_np[:, q - 1]
+            alive = (node >= 0) & (prev < 256)
+            node = np.where(alive, self.trie.next[np.maximum(node, 0), np.minimum(prev, 255)], -1)
+            start = forced[:, q] | (node < 0) | ~self.trie.has_child[np.maximum(node, 0)]
+            if L is not None:
+                start |= (q - last) >= L
+            out[:, q] = start
+            node = np.where(start, 0, node)
+            last = np.where(start, q, last)
+        return torch.from_numpy(out).to(ids.device)
+
+
+def build_patcher(cfg: PatcherConfig, bpe_vocab: list[bytes] | None = None) -> Patcher:
+    """The patcher a config describes. Thresholds must be set (calibrate them first)."""
+    L = cfg.max_patch_length
+    need_theta = cfg.kind in ("entropy", "entropy_relative") and cfg.theta is None
+    need_theta_r = cfg.kind in ("relative", "entropy_relative") and cfg.theta_r is None
+    if need_theta or need_theta_r:
+        missing = "theta" if need_theta else "theta_r"
+        raise UserError(
+            f"patcher '{cfg.kind}' needs {missing}: set it or calibrate it to a target patch size first"
+        )
+    if cfg.kind == "entropy":
+        return EntropyPatcher(cfg.theta, L)
+    if cfg.kind == "relative":
+        return RelativeEntropyPatcher(cfg.theta_r, L)
+    if cfg.kind == "entropy_relative":
+        return CombinedEntropyPatcher(cfg.theta, cfg.theta_r, L)
+    if cfg.kind == "static":
+        return StaticPatcher(cfg.patch_size, L)
+    if cfg.kind == "byte":
+        return BytePatcher(L)
+    if cfg.kind == "space":
+        return SpacePatcher(L)
+    if cfg.kind == "bpe":
+        if bpe_vocab is None:
+            raise UserError("patcher 'bpe' needs a BPE vocabulary (train one with blt.patching.bpe)")
+        return BPEPatcher(bpe_vocab, L)
+    raise UserError(f"unknown patcher kind '{cfg.kind}'")
+
+
+def patch_ids(starts: torch.Tensor) -> torch.Tensor:
+    """Index of the patch holding each position: cumsum(starts) - 1. (B, T+1) long"""
+    return starts.long().cumsum(dim=1) - 1
+
+
+def patch_lengths(starts: torch.Tensor) -> torch.Tensor:
+    """Positions per patch, zero-padded to the row with most patches. (B, P); rows sum to T+1"""
+    pid = patch_ids(starts)
+    P = int(pid[:, -1].max()) + 1
+    lengths = torch.zeros(starts.shape[0], P, dtype=torch.long, device=starts.device)
+    return lengths.scatter_add_(1, pid, torch.ones_like(pid))
+
+
+def mean_patch_size(starts: torch.Tensor, mask: torch.Tensor) -> float:
+    """Real bytes per patch: (number of masked positions) / (number of patches holding one).
+
+    mask (B, T+1) marks the real bytes (e.g. `ids < 256`); patches holding only BOS, EOS or
+    PAD do not count.
+    """
+    n_bytes = int(mask.sum())
+    if n_bytes == 0:
+        return float("nan")
+    pid = patch_ids(starts)
+    real = torch.zeros(starts.shape[0], int(pid[:, -1].max()) + 1, device=starts.device)  # (B, P)
+    real.scatter_add_(1, pid, mask.float())
+    return n_bytes / int((real > 0).sum())

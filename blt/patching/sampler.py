@@ -1,0 +1,67 @@
+"""Training batches with patch starts: WindowSampler's windows, patched on the fly.
+
+The windows are exactly WindowSampler's (same pure function of seed, rank, step, micro), so
+a patched run draws the same bytes as a byte-level run with the same seed. Entropies come
+from the precomputed entropy file (`entropy.SplitEntropies` of the same split): a byte
+position gets the entropy predicting that byte, an EOS position the stored entropy predicting
+that EOS, a BOS position 0 (it and the byte after it are forced starts). The first positions
+of a window that begins mid-document keep the entropies computed with the whole document
+before them, so entropies never depend on where a window was cut (patches do only through the
+forced starts at positions 0 and 1 and what follows from them: static counting, max length).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from blt.data.corpus import ByteSplit
+from blt.data.stream import WindowSampler
+from blt.patching.entropy import SplitEntropies
+from blt.patching.patchers import Patcher
+from blt.vocab import EOS_ID
+
+
+class PatchedWindowSampler:
+    """Draws {'ids': (B, T), 'targets': (B, T), 'starts': (B, T+1)} batches."""
+
+    def __init__(
+        self,
+        split: ByteSplit,
+        entropies: SplitEntropies | None,
+        patcher: Patcher,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+    ):
+        if entropies is not None and not isinstance(entropies, SplitEntropies):
+            raise TypeError("entropies must be a SplitEntropies (EntropyFile.split(name)), with its EOS values")
+        if patcher.needs_entropy and entropies is None:
+            raise ValueError(f"{type(patcher).__name__} needs the split's entropies")
+        if entropies is not None and len(entropies.data) != split.n_bytes:
+            raise ValueError(f"entropies hold {len(entropies.data)} values for a split of {split.n_bytes} bytes")
+        self.windows = WindowSampler(split, seq_len, batch_size, seed, rank)
+        self.stream = self.windows.stream
+        if entropies is not None and len(entropies.eos) != len(self.stream.doc_len):
+            raise ValueError(f"{len(entropies.eos)} EOS entropies for {len(self.stream.doc_len)} documents")
+        self.entropies, self.patcher = entropies, patcher
+
+    def window_entropies(self, vpos: np.ndarray) -> np.ndarray:
+        """Entropies at virtual positions (any shape), float32."""
+        offset, special = self.stream.locate(vpos)
+        ent = np.asarray(self.entropies.data[offset.ravel()], dtype=np.float32).reshape(offset.shape)
+        ent[special >= 0] = 0.0
+        is_eos = special == EOS_ID
+        if is_eos.any():
+            doc = np.searchsorted(self.stream.doc_vstart, vpos[is_eos], side="right") - 1
+            ent[is_eos] = self.entropies.eos[doc]
+        return ent
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        vpos = self.windows.window_positions(step, micro)  # (B, T+1)
+        ids = torch.from_numpy(self.stream.ids(vpos))  # (B, T+1)
+        ent = None
+        if self.patcher.needs_entropy:
+            ent = torch.from_numpy(self.window_entropies(vpos))  # (B, T+1)
+        starts = self.patcher.starts(ids, ent)
+        return {"ids": ids[:, :-1].contiguous(), "targets": ids[:, 1:].contiguous(), "starts": starts}
