@@ -49,6 +49,7 @@ class TrainConfig:
     ckpt_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     progress: bool = True
+    device: str = "auto"  # auto = CUDA (this rank's GPU) when available, else cpu
 
 
 @dataclass
@@ -64,6 +65,8 @@ class RunConfig:
             raise UserError(f"train.steps must be at least 1, got {self.train.steps}")
         if self.train.grad_accum < 1 or self.data.batch_size < 1:
             raise UserError("train.grad_accum and data.batch_size must be at least 1")
+        if self.train.log_every < 1:
+            raise UserError(f"train.log_every must be at least 1, got {self.train.log_every}")
 
 
 def build_model(cfg: RunConfig):

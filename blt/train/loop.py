@@ -1,0 +1,312 @@
+"""The training loop: one function, `train(cfg, out_dir, resume)`, for every model kind.
+
+Contract with models and data:
+- `make_sampler(cfg, corpus, rank)` returns an object whose `.batch(step, micro)` gives a dict
+  of tensors, a pure function of (seed, rank, step, micro); the loop calls
+  `loss, stats = model.loss(**batch)`. `loss` is the mean over `stats['targets']` scored
+  targets; any other numeric stat (BLT's 'patches') is summed over micro-steps and ranks and
+  logged with its rate.
+- The model is built, placed on its device, then `init_weights()`-ed (see distributed.py).
+- data.batch_size windows per micro-step and rank; an optimizer step takes grad_accum
+  micro-steps on every rank, each micro-step's mean loss weighted 1/grad_accum (nanoGPT's rule).
+
+Guarantees:
+- Resume is exact: batches depend only on the step, and a checkpoint holds the weights, the
+  optimizer and scheduler states and the RNG state, so a run stopped at step k and resumed
+  ends with the very same parameters (bit for bit on the CPU) as an uninterrupted run.
+- SIGINT or SIGTERM finishes the current step, saves a checkpoint and returns normally
+  (`interrupted` in the result); a second SIGINT stops at once. Checkpoints are atomic.
+- Only rank 0 writes (config.yaml, run.json, metrics.jsonl, checkpoints) or prints.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from blt import __version__
+from blt.checkpoint import LATEST, latest_checkpoint, load_train_state, load_weights, save_checkpoint
+from blt.config import save_yaml
+from blt.data.corpus import Corpus, load_corpus
+from blt.data.stream import WindowSampler
+from blt.errors import UserError
+from blt.evaluate import evaluate_split
+from blt.run import RunConfig, build_model
+from blt.train import distributed as D
+from blt.train.metrics import Interval, MetricsLog, Progress, summarize
+from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_corpus(spec: str) -> str:
+    """A relative corpus path is tried from the working directory, then from the repo root,
+    so configs can name shared data as '../shared/data/x.txt' and run from anywhere."""
+    if spec in ("stdlib", "enwik8") or Path(spec).expanduser().is_absolute():
+        return spec
+    is_glob = any(ch in spec for ch in "*?[")
+    if Path(spec).exists() or (is_glob and globlib.glob(spec, recursive=True)):
+        return spec
+    alt = REPO_ROOT / spec
+    if alt.exists() or (is_glob and globlib.glob(str(alt), recursive=True)):
+        return str(alt)
+    return spec
+
+
+class ByteWindows:
+    """Batches for byte-level models: {'ids': (B, T), 'targets': (B, T)}."""
+
+    def __init__(self, sampler: WindowSampler):
+        self.sampler = sampler
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        x, y = self.sampler.batch(step, micro)
+        return {"ids": x, "targets": y}
+
+
+def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int):
+    """The training-batch source for this model kind, drawing from the 'train' split."""
+    if cfg.model_kind == "byte":
+        sampler = WindowSampler(
+            corpus.split("train"), cfg.model.context, cfg.data.batch_size, cfg.train.seed, rank
+        )
+        return ByteWindows(sampler)
+    raise UserError(f"no training batches defined for model_kind '{cfg.model_kind}'")
+
+
+class LossForward(nn.Module):
+    """Routes `forward(**batch)` to `model.loss`, so DDP sees the call it must hook."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model.loss(**batch)
+
+
+def setup_model(cfg: RunConfig, device: torch.device) -> nn.Module:
+    """Build on the meta device (no memory touched, FSDP2 could shard here), allocate on
+    `device`, then initialise from the run's seed."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.to_empty(device=device)
+    torch.manual_seed(cfg.train.seed)
+    model.init_weights()
+    return model
+
+
+class StopRequest:
+    """First SIGINT/SIGTERM sets `signum`; a second SIGINT raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _write_run_files(cfg: RunConfig, out_dir: Path, corpus: Corpus, env: D.DistEnv, start: int) -> None:
+    """config.yaml (always the resolved, current config) and run.json (provenance)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out_dir / "config.yaml")
+    info_path = out_dir / "run.json"
+    info = {
+        "corpus": corpus.fingerprint,
+        "torch": torch.__version__,
+        "blt": __version__,
+        "world_size": env.world,
+        "device": env.device.type,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if start > 0 and info_path.is_file():
+        old = json.loads(info_path.read_text())
+        if old.get("corpus") != corpus.fingerprint:
+            print(f"blt train: warning: the corpus differs from the one this run started with ({old.get('corpus')})")
+        old.setdefault("resumes", []).append({"step": start, "world_size": env.world, "at": info["started"]})
+        info = old
+    info_path.write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Half-written checkpoints of a killed run (their names start with a dot)."""
+    for tmp in (out_dir / "checkpoints").glob(".step_*.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+    """Train `cfg` into `out_dir`; returns the final metrics (see the module docstring)."""
+    out_dir = Path(out_dir)
+    has_ckpt = (out_dir / "checkpoints" / LATEST).is_file()
+    if has_ckpt and not resume:
+        raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    if resume and not has_ckpt:
+        raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
+    corpus = load_corpus(resolve_corpus(cfg.data.corpus), cfg.data.splits, cfg.data.data_dir)
+
+    env = D.init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, out_dir, resume, corpus, env)
+    finally:
+        D.shutdown(env)
+
+
+def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.DistEnv) -> dict:
+    main = env.rank == 0
+    t, total = cfg.train, cfg.train.steps
+    sampler = make_sampler(cfg, corpus, env.rank)
+    val_split = corpus.split("val")
+
+    model = setup_model(cfg, env.device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total)
+    start, elapsed0, tokens = 0, 0.0, 0
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        load_weights(model, ckpt)
+        state = load_train_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        load_scheduler_state(scheduler, state["scheduler"])
+        _set_rng_state(state["rng"], env.device)
+        start, elapsed0, tokens = state["step"], state["elapsed"], state["tokens"]
+        if start >= total:
+            raise UserError(
+                f"the run in {out_dir} already reached step {start}; pass --steps larger than {start} to go on"
+            )
+
+    log = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
+    if main:
+        _write_run_files(cfg, out_dir, corpus, env, start)
+        if resume:
+            _remove_stale_temporaries(out_dir)
+            log.truncate_after(start)
+        else:
+            log.reset()
+    forward = D.wrap_ddp(LossForward(model), env)
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=t.bf16)
+    max_norm = cfg.optim.clip if cfg.optim.clip > 0 else math.inf
+
+    progress = Progress(total, start, enabled=main and t.progress)
+    n_params = sum(p.numel() for p in params)
+    progress.note(
+        f"{'resuming' if resume else 'training'} {cfg.model_kind} model ({n_params / 1e6:.2f}M params) on "
+        f"{corpus.name} ({corpus.fingerprint['bytes']:,} bytes), steps {start}->{total}, "
+        f"world {env.world}, {env.device.type} -> {out_dir}"
+    )
+    interval = Interval()
+    last_row: dict = {}
+    val: dict = {}
+    ckpt_path = None
+    session_start = time.perf_counter()
+    done = start
+    model.train()
+    with StopRequest() as stop:
+        for step in range(start, total):
+            tic = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            for micro in range(t.grad_accum):
+                batch = {k: v.to(env.device, non_blocking=True) for k, v in sampler.batch(step, micro).items()}
+                last_micro = micro == t.grad_accum - 1
+                # DDP averages gradients once per optimizer step, not once per micro-step
+                sync = nullcontext() if env.world == 1 or last_micro else forward.no_sync()
+                with sync:
+                    with autocast:
+                        loss, stats = forward(**batch)
+                    (loss / t.grad_accum).backward()
+                interval.nats += loss.item() * float(stats["targets"])
+                interval.positions += batch["targets"].numel()
+                tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
+                interval.add(stats)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            interval.seconds += time.perf_counter() - tic
+            done = step + 1
+            progress.step()
+
+            # every decision below must agree across ranks: they enclose collectives
+            stopping = stop.signum is not None
+            if env.world > 1:
+                stopping = D.any_rank(stopping, env.device)
+            at_end = done == total
+            evaluate_now = at_end or (t.eval_every > 0 and done % t.eval_every == 0)
+            if evaluate_now and main:
+                val = {**evaluate_split(model, val_split, t.eval_bytes), "step": done}
+            if evaluate_now or stopping or done == 1 or done % t.log_every == 0:
+                sums = D.all_reduce_sum(
+                    [interval.nats, interval.positions, interval.seconds, *interval.stats.values()], env.device
+                )
+                stat_sums = dict(zip(interval.stats, sums[3:]))
+                row = {"step": done, **summarize(sums[0], sums[1], sums[2] / env.world, stat_sums)}
+                row.update(lr=lr, grad_norm=grad_norm, tokens=tokens)
+                row["elapsed"] = elapsed0 + time.perf_counter() - session_start
+                if evaluate_now and main:
+                    row.update(val_bpb=val["bpb"], val_bytes=val["bytes"])
+                log.write(row)
+                progress.show(done, row)
+                last_row = row
+                interval.reset()
+            if at_end or stopping or (t.ckpt_every > 0 and done % t.ckpt_every == 0):
+                state = {
+                    "step": done,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(env.device),
+                    "elapsed": elapsed0 + time.perf_counter() - session_start,
+                    "tokens": tokens,
+                    "world_size": env.world,
+                }
+                if main:
+                    ckpt_path = save_checkpoint(out_dir, done, model, cfg, state, t.keep_checkpoints)
+                D.barrier()
+            if stopping:
+                break
+    progress.close()
+    result = {k: last_row[k] for k in ("loss", "bpb", "bytes_per_s", "tokens", "elapsed") if k in last_row}
+    result.update(step=done, steps=total, rank=env.rank, run_dir=str(out_dir))
+    result["interrupted"] = stop.signum is not None and done < total
+    if stop.signum is not None:
+        result["signal"] = signal.Signals(stop.signum).name
+    if ckpt_path is not None:
+        result["checkpoint"] = str(ckpt_path)
+    if val:
+        result.update(val_bpb=val["bpb"], val_bytes=val["bytes"], val_step=val["step"])
+    return result

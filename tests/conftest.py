@@ -1,0 +1,57 @@
+"""Fixtures shared by the test files: small corpora on disk and an isolated cache.
+
+Tests use one CPU thread (subprocesses too, through OMP_NUM_THREADS): their models are tiny,
+and on a shared machine several multi-threaded torch processes spin against each other
+(measured: a 10x slowdown with two threads each on two busy cores).
+"""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
+
+torch.set_num_threads(1)
+
+
+def _stdlib_text(n_bytes: int) -> bytes:
+    """Real text every machine has: the first n_bytes of a few standard-library modules."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = b""
+    for name in ("argparse.py", "json/decoder.py", "textwrap.py", "string.py", "shlex.py", "csv.py"):
+        out += (root / name).read_bytes()
+        if len(out) >= n_bytes:
+            break
+    return out[:n_bytes]
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    """A ~64 KB text file (one document)."""
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(_stdlib_text(64_000))
+    return path
+
+
+@pytest.fixture
+def text_dir(tmp_path) -> Path:
+    """A directory of 8 text files of ~8 KB each (eight documents)."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    text = _stdlib_text(64_000)
+    for i in range(8):
+        (d / f"doc{i}.txt").write_bytes(text[i * 8000 : (i + 1) * 8000])
+    return d
+
+
+@pytest.fixture
+def blt_cache(tmp_path, monkeypatch) -> Path:
+    """Point $BLT_CACHE_DIR at a fresh directory for the test."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("BLT_CACHE_DIR", str(d))
+    return d
