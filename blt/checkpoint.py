@@ -91,7 +91,7 @@ def load_model(run_dir: str | Path, device="cpu"):
 
     cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
-    model = build_model(cfg)
+    model = build_model(cfg, run_dir)
     model.to(device)
     model.init_weights()  # non-persistent buffers (RoPE tables); weights are overwritten below
     load_weights(model, ckpt)

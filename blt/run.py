@@ -5,6 +5,9 @@ A run directory holds:
     metrics.jsonl          one JSON object per logged step
     checkpoints/step_NNNNNNN/{model.safetensors, model.json, train_state.pt}
     checkpoints/LATEST     name of the newest complete checkpoint
+BLT runs also hold what their patcher needs: entropies/ (the corpus's entropy file, used for
+training batches) and bpe_vocab.json (causal BPE patching). A BLT checkpoint carries its frozen
+entropy model's weights, so a BLT run rebuilds alone.
 """
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ from typing import Literal
 
 from blt.config import read_yaml, from_dict
 from blt.errors import UserError
+from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
+from blt.patching.bpe import load_bpe_vocab
+from blt.patching.patchers import PatcherConfig, build_patcher
 
 
 @dataclass
@@ -54,8 +60,12 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model_kind: Literal["byte"] = "byte"
-    model: ByteLMConfig = field(default_factory=ByteLMConfig)
+    model_kind: Literal["byte", "blt"] = "byte"
+    model: ByteLMConfig = field(default_factory=ByteLMConfig)  # the byte-level transformer
+    blt: BLTConfig = field(default_factory=BLTConfig)  # the BLT network (model_kind: blt)
+    patching: PatcherConfig = field(default_factory=PatcherConfig)  # how a BLT cuts patches
+    # the entropy model's architecture, copied from patching.entropy_run when a BLT run starts
+    entropy_model: ByteLMConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -68,11 +78,35 @@ class RunConfig:
         if self.train.log_every < 1:
             raise UserError(f"train.log_every must be at least 1, got {self.train.log_every}")
 
+    @property
+    def context(self) -> int:
+        """Input positions per training window."""
+        return self.blt.context if self.model_kind == "blt" else self.model.context
 
-def build_model(cfg: RunConfig):
-    """Construct (not initialise) the model a config describes; call init_weights() after."""
+
+def build_model(cfg: RunConfig, run_dir: str | Path | None = None):
+    """Construct (not initialise) the model a config describes; call init_weights() after.
+
+    A BLT gets its patcher (thresholds must be resolved: see blt.train.blt_setup) and, for
+    entropy patchers, an entropy model of cfg.entropy_model's shape whose weights come from
+    the entropy run (fresh training) or the BLT checkpoint (everything else)."""
     if cfg.model_kind == "byte":
         return ByteLM(cfg.model)
+    if cfg.model_kind == "blt":
+        model = ByteLatentTransformer(cfg.blt)
+        vocab = None
+        if cfg.patching.kind == "bpe":
+            if run_dir is None:
+                raise UserError("a BLT with BPE patching needs its run directory (bpe_vocab.json)")
+            vocab = load_bpe_vocab(Path(run_dir) / "bpe_vocab.json")
+        patcher = build_patcher(cfg.patching, vocab)
+        entropy_model = None
+        if patcher.needs_entropy:
+            if cfg.entropy_model is None:
+                raise UserError("this BLT config names no entropy model (set patching.entropy_run)")
+            entropy_model = ByteLM(cfg.entropy_model)
+        model.set_patching(patcher, entropy_model)
+        return model
     raise UserError(f"unknown model_kind '{cfg.model_kind}'")
 
 

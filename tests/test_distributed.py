@@ -28,8 +28,8 @@ def _rank_main(config_path: str, out_dir: str, dump_dir: str) -> None:
     captured = {}
     real_setup, real_save = loop.setup_model, loop.save_checkpoint
 
-    def setup_and_capture(cfg, device):
-        model = real_setup(cfg, device)
+    def setup_and_capture(cfg, device, run_dir=None):
+        model = real_setup(cfg, device, run_dir)
         captured["model"] = model
         captured["init"] = {k: v.clone() for k, v in model.state_dict().items()}
         return model

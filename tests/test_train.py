@@ -134,7 +134,7 @@ def _interrupt_at(monkeypatch, stop_step: int, signum: int):
                 os.kill(os.getpid(), signum)
             return self.inner.batch(step, micro)
 
-    monkeypatch.setattr(loop, "make_sampler", lambda cfg, corpus, rank: Interrupting(real(cfg, corpus, rank)))
+    monkeypatch.setattr(loop, "make_sampler", lambda cfg, corpus, rank, run_dir: Interrupting(real(cfg, corpus, rank, run_dir)))
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(text_file, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def write_entropy_file(
     eos_all, eos_ranges = [], {}
     total, n_done = 0.0, 0
     t0 = time.time()
-    bar = tqdm(total=N, unit="B", unit_scale=True, desc="entropies", disable=not progress)
+    bar = tqdm(total=N, unit="B", unit_scale=True, desc="entropies", disable=not progress or not sys.stderr.isatty())
     for name in corpus.split_names:
         lo, _ = corpus.split_range(name)
         split = corpus.split(name)

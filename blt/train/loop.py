@@ -1,7 +1,7 @@
 """The training loop: one function, `train(cfg, out_dir, resume)`, for every model kind.
 
 Contract with models and data:
-- `make_sampler(cfg, corpus, rank)` returns an object whose `.batch(step, micro)` gives a dict
+- `make_sampler(cfg, corpus, rank, run_dir)` returns an object whose `.batch(step, micro)` gives a dict
   of tensors, a pure function of (seed, rank, step, micro); the loop calls
   `loss, stats = model.loss(**batch)`. `loss` is the mean over `stats['targets']` scored
   targets; any other numeric stat (BLT's 'patches') is summed over micro-steps and ranks and
@@ -42,6 +42,7 @@ from blt.errors import UserError
 from blt.evaluate import evaluate_split
 from blt.run import RunConfig, build_model
 from blt.train import distributed as D
+from blt.train.blt_setup import blt_sampler, load_entropy_weights, prepare_blt
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
 from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
 
@@ -73,8 +74,10 @@ class ByteWindows:
         return {"ids": x, "targets": y}
 
 
-def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int):
+def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int, run_dir: Path):
     """The training-batch source for this model kind, drawing from the 'train' split."""
+    if cfg.model_kind == "blt":
+        return blt_sampler(cfg, corpus, run_dir, rank)
     if cfg.model_kind == "byte":
         sampler = WindowSampler(
             corpus.split("train"), cfg.model.context, cfg.data.batch_size, cfg.train.seed, rank
@@ -94,11 +97,11 @@ class LossForward(nn.Module):
         return self.model.loss(**batch)
 
 
-def setup_model(cfg: RunConfig, device: torch.device) -> nn.Module:
+def setup_model(cfg: RunConfig, device: torch.device, run_dir: Path | None = None) -> nn.Module:
     """Build on the meta device (no memory touched, FSDP2 could shard here), allocate on
     `device`, then initialise from the run's seed."""
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(cfg, run_dir)
     model.to_empty(device=device)
     torch.manual_seed(cfg.train.seed)
     model.init_weights()
@@ -190,10 +193,14 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.DistEnv) -> dict:
     main = env.rank == 0
     t, total = cfg.train, cfg.train.steps
-    sampler = make_sampler(cfg, corpus, env.rank)
+    if cfg.model_kind == "blt":
+        cfg = prepare_blt(cfg, corpus, out_dir, env)
+    sampler = make_sampler(cfg, corpus, env.rank, out_dir)
     val_split = corpus.split("val")
 
-    model = setup_model(cfg, env.device)
+    model = setup_model(cfg, env.device, out_dir)
+    if cfg.model_kind == "blt" and not resume:
+        load_entropy_weights(model, cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     start, elapsed0, tokens = 0, 0.0, 0
