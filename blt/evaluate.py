@@ -42,3 +42,24 @@ def evaluate_split(model, split: ByteSplit, max_bytes: int | None = None, batch_
     nats = float(sum(float(np.sum(x, dtype=np.float64)) for x in per_doc))
     n = int(sum(len(x) for x in per_doc))
     return {"bpb": bits_per_byte(nats, n), "bytes": n, "nats": nats}
+
+
+def patch_statistics(model, docs: list[np.ndarray]) -> dict:
+    """How a BLT's own patcher cuts these documents: {'mean_patch_size', 'bytes'}.
+
+    Each document is patched whole, from its BOS, with entropies from the model's entropy
+    model (as in training), so the figure is the patcher's, not an artefact of eval windows.
+    Mean patch size = real bytes / patches holding them.
+    """
+    from blt.patching.calibration import calibration_rows
+    from blt.patching.entropy import compute_entropies
+    from blt.patching.patchers import mean_patch_size
+
+    patcher = model.patcher
+    if patcher.needs_entropy:
+        ents = compute_entropies(model.entropy_model, docs)
+    else:
+        ents = [np.zeros(len(d), dtype=np.float32) for d in docs]
+    ids, ent = calibration_rows(docs, ents)  # (1, N) each
+    real = ids < 256
+    return {"mean_patch_size": mean_patch_size(patcher.starts(ids, ent), real), "bytes": int(real.sum())}

@@ -29,6 +29,7 @@ class DataConfig:
     splits: str = "auto"  # '90/10', '90/5/5', or 'auto' (90/10 for tiny shakespeare, else 90/5/5)
     data_dir: str | None = None  # where pre-downloaded corpora (enwik8) live; also $BLT_DATA_DIR
     batch_size: int = 16  # windows per optimizer step per rank (before grad_accum)
+    max_bytes: int | None = None  # use only the corpus's first N bytes (splits cut from those)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from blt.checkpoint import latest_checkpoint, load_model
 from blt.config import from_dict
+from blt.data.corpus import resolve_corpus
 from blt.errors import UserError
 from blt.run import RunConfig, load_run_config
 from blt.train import loop
@@ -323,7 +324,7 @@ def test_late_overrides_and_flags_reach_the_config(text_file, tmp_path):
 def test_relative_corpus_paths_fall_back_to_the_repo_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "here.txt").write_text("x")
-    assert loop.resolve_corpus("here.txt") == "here.txt"  # the working directory comes first
-    assert Path(loop.resolve_corpus("configs/tiny.yaml")) == REPO_ROOT / "configs" / "tiny.yaml"
-    assert loop.resolve_corpus("nowhere/at_all.txt") == "nowhere/at_all.txt"  # left for load_corpus to report
-    assert loop.resolve_corpus("stdlib") == "stdlib"
+    assert resolve_corpus("here.txt") == "here.txt"  # the working directory comes first
+    assert Path(resolve_corpus("configs/tiny.yaml")) == REPO_ROOT / "configs" / "tiny.yaml"
+    assert resolve_corpus("nowhere/at_all.txt") == "nowhere/at_all.txt"  # left for load_corpus to report
+    assert resolve_corpus("stdlib") == "stdlib"

@@ -34,7 +34,7 @@ def run(args) -> int:
     from blt.patching.entropy import write_entropy_file
     from blt.run import load_run_config
     from blt.train.distributed import pick_device
-    from blt.train.loop import resolve_corpus
+    from blt.data.corpus import resolve_corpus
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")

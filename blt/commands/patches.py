@@ -1,6 +1,6 @@
 """`blt patches RUN --input FILE`: show where a patcher cuts a file into patches.
 
-RUN is an entropy model (a byte-level run) or, later, a BLT run. The file is one document
+RUN is an entropy model (a byte-level run) or a BLT run (its own patcher and threshold). The file is one document
 (BOS, its first --max-bytes bytes, EOS). Each patch is shown in alternating colours when
 stdout is a terminal (--color), otherwise with a '|' before every patch; the last line gives
 the mean patch size (real bytes per patch). With an entropy model and no --theta, the
@@ -8,7 +8,7 @@ threshold is calibrated on the file itself for --target-patch-size, and the line
 A BPE patcher without --bpe-vocab learns its vocabulary from the file itself.
 
 `patcher_for_run` is the hook that turns a run into its patching: an entropy model comes
-with no patcher (the command line gives one); a BLT run will bring its stored patcher.
+with no patcher (the command line gives one); a BLT run brings its stored patcher.
 """
 from __future__ import annotations
 
@@ -39,8 +39,12 @@ def patcher_for_run(run_dir: str, device: str = "auto") -> RunPatching:
     model, cfg, _ = open_run(run_dir, device)
     if cfg.model_kind == "byte":
         return RunPatching(config=None, entropy_model=model)
-    # BLT runs: return their stored PatcherConfig, entropy model and BPE vocabulary here.
-    raise UserError(f"{run_dir} is a '{cfg.model_kind}' run; `blt patches` does not know its patcher yet")
+    vocab = None
+    if cfg.patching.kind == "bpe":
+        from blt.patching.bpe import load_bpe_vocab
+
+        vocab = load_bpe_vocab(Path(run_dir) / "bpe_vocab.json")
+    return RunPatching(config=cfg.patching, entropy_model=model.entropy_model, bpe_vocab=vocab)
 
 
 def add_parser(sub):

@@ -156,6 +156,40 @@ def _from_files(files: list[Path], label: str, splits: str) -> Corpus:
     return Corpus(label, data, docs, split_fractions(label, splits), fp)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_corpus(spec: str) -> str:
+    """A relative corpus path is tried from the working directory, then from the repo root,
+    so configs can name shared data as '../shared/data/x.txt' and run from anywhere."""
+    if spec in ("stdlib", "enwik8") or Path(spec).expanduser().is_absolute():
+        return spec
+    is_glob = any(ch in spec for ch in "*?[")
+    if Path(spec).exists() or (is_glob and globlib.glob(spec, recursive=True)):
+        return spec
+    alt = REPO_ROOT / spec
+    if alt.exists() or (is_glob and globlib.glob(str(alt), recursive=True)):
+        return str(alt)
+    return spec
+
+
+def open_corpus(data) -> Corpus:
+    """The corpus a run's data config (blt.run.DataConfig) names, cut to data.max_bytes."""
+    corpus = load_corpus(resolve_corpus(data.corpus), data.splits, data.data_dir)
+    return truncated(corpus, data.max_bytes)
+
+
+def truncated(corpus: Corpus, max_bytes: int | None) -> Corpus:
+    """The first max_bytes bytes of a corpus (splits are then cut from those), or itself."""
+    if max_bytes is None or max_bytes >= len(corpus.data):
+        return corpus
+    if max_bytes < 1:
+        raise UserError(f"data.max_bytes must be at least 1, got {max_bytes}")
+    docs = np.concatenate([corpus.docs[corpus.docs < max_bytes], [max_bytes]]).astype(np.int64)
+    fp = {**corpus.fingerprint, "max_bytes": int(max_bytes)}
+    return Corpus(corpus.name, corpus.data[:max_bytes], docs, corpus.fractions, fp)
+
+
 def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None) -> Corpus:
     """Resolve a corpus name or path (file, directory, glob) to a Corpus."""
     if spec == "stdlib":

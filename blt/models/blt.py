@@ -188,6 +188,14 @@ class ByteLatentTransformer(nn.Module):
             entropies = online_entropies(self.entropy_model, ids_window)
         return self.patcher.starts(ids_window, entropies)
 
+    def generate(
+        self, prompts, max_new_bytes=256, temperature=1.0, top_k=None, top_p=None, seed=0, stop=None, on_bytes=None
+    ):
+        """Continue each prompt (bytes) with online patching and KV caches; see `blt.blt_generate`."""
+        from blt.blt_generate import generate
+
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop, on_bytes)
+
     @torch.no_grad()
     def score_documents(self, docs, batch_size: int = 16, stride: int | None = None) -> list:
         """Nats spent on every byte of each document, given BOS and all earlier bytes.

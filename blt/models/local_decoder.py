@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from blt.models.cross_attention import CrossAttention
-from blt.models.local_encoder import byte_attention_mask
+from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
-from blt.vocab import VOCAB_SIZE
+from blt.vocab import BOS_ID, VOCAB_SIZE
 
 
 class LocalDecoder(nn.Module):
@@ -54,5 +54,5 @@ class LocalDecoder(nn.Module):
         kv = slots[rows, source_patch]  # (B, T, k, D)
         h = self.cross(h[:, :, None, :], kv).squeeze(2)  # (B, T, D)
         pos = torch.arange(T, device=ids.device).expand(B, T)
-        h = self.stack(h, pos, byte_attention_mask(ids, self.cfg.window))
+        h = self.stack(h, pos, sequence_mask(ids, self.cfg.window, BOS_ID))
         return self.head(h).float()

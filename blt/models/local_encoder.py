@@ -20,22 +20,9 @@ from torch import nn
 
 from blt.models.cross_attention import CrossAttention
 from blt.models.hash_ngram import HashNgramEmbedding
-from blt.models.masks import attention_mask, document_ids
+from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
 from blt.vocab import BOS_ID
-
-
-def byte_attention_mask(ids: torch.Tensor, window: int | None) -> torch.Tensor | None:
-    """Causal + sliding-window + per-document mask over a window of bytes, (B, 1, T, T);
-    None when plain causal attention is the same thing (the fast path)."""
-    B, T = ids.shape
-    window = window if window is not None and window < T else None
-    several_docs = bool((ids[:, 1:] == BOS_ID).any())
-    if window is None and not several_docs:
-        return None
-    pos = torch.arange(T, device=ids.device).expand(B, T)
-    docs = document_ids(ids, BOS_ID)
-    return attention_mask(pos, pos, window, docs, docs)
 
 
 def pool_mask(byte_patch: torch.Tensor, n_patches: torch.Tensor, P: int, k: int) -> torch.Tensor:
@@ -72,7 +59,7 @@ class LocalEncoder(nn.Module):
         B, T = ids.shape
         pos = torch.arange(T, device=ids.device).expand(B, T)
         h = self.embed(ids)  # (B, T, D)
-        h = self.stack(h, pos, byte_attention_mask(ids, self.cfg.window))  # (B, T, D)
+        h = self.stack(h, pos, sequence_mask(ids, self.cfg.window, BOS_ID))  # (B, T, D)
         D = h.shape[-1]
         # max-pool each patch's byte states; padding patches keep zeros
         index = byte_patch[..., None].expand(B, T, D)

@@ -6,7 +6,8 @@ SwiGLU feed-forward, optional grouped-query attention, attention through
 
 Contract of `TransformerStack.forward(h, positions, mask, cache)`:
 - h: (B, T, D) input states, positions: (B, T) absolute positions (RoPE uses them);
-- mask: (B, 1, T, S) bool or None for plain causal attention over the T positions;
+- mask: (B, 1, T, S) bool, a masks.BlockedWindowMask (sliding windows much shorter than T),
+  or None for plain causal attention over the T positions;
 - cache: a `KVCache` already `begin()`-ed for these positions (its mask is then used).
 Models are built first and initialised by `init_weights()` afterwards, so they can be built
 on the meta device and sharded (FSDP2) before any memory is touched.
@@ -22,6 +23,7 @@ from torch import nn
 
 from blt.errors import UserError
 from blt.models.kv_cache import KVCache
+from blt.models.masks import BlockedWindowMask
 
 
 @dataclass
@@ -116,7 +118,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, L, D)
         gqa = self.kv_heads != self.n_heads
-        if mask is None:
+        if isinstance(mask, BlockedWindowMask):
+            y = mask.attend(q, k, v, gqa)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from blt.data.corpus import ByteSplit, Corpus
 from blt.errors import UserError
-from blt.models.masks import attention_mask, document_ids
+from blt.models.masks import document_ids, window_mask
 from blt.vocab import BOS_ID
 
 DATA_FILE, EOS_FILE, META_FILE = "entropies.f16", "entropies_eos.f16", "entropies.json"
@@ -63,7 +63,7 @@ def online_entropies(model, ids: torch.Tensor) -> torch.Tensor:
     W = min(model.cfg.window or model.cfg.context, model.cfg.context)
     pos = torch.arange(T, device=ids.device).expand(B, T)
     docs = document_ids(x, BOS_ID)
-    logits = model(x, positions=pos, mask=attention_mask(pos, pos, W, docs, docs))  # (B, T, V)
+    logits = model(x, positions=pos, mask=window_mask(pos, W, docs))  # (B, T, V)
     return prediction_entropies(logits).masked_fill(ids == BOS_ID, 0.0)
 
 

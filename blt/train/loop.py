@@ -20,7 +20,6 @@ Guarantees:
 """
 from __future__ import annotations
 
-import glob as globlib
 import json
 import math
 import shutil
@@ -36,7 +35,7 @@ from torch import nn
 from blt import __version__
 from blt.checkpoint import LATEST, latest_checkpoint, load_train_state, load_weights, save_checkpoint
 from blt.config import save_yaml
-from blt.data.corpus import Corpus, load_corpus
+from blt.data.corpus import Corpus, open_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.evaluate import evaluate_split
@@ -45,23 +44,6 @@ from blt.train import distributed as D
 from blt.train.blt_setup import blt_sampler, load_entropy_weights, prepare_blt
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
 from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_corpus(spec: str) -> str:
-    """A relative corpus path is tried from the working directory, then from the repo root,
-    so configs can name shared data as '../shared/data/x.txt' and run from anywhere."""
-    if spec in ("stdlib", "enwik8") or Path(spec).expanduser().is_absolute():
-        return spec
-    is_glob = any(ch in spec for ch in "*?[")
-    if Path(spec).exists() or (is_glob and globlib.glob(spec, recursive=True)):
-        return spec
-    alt = REPO_ROOT / spec
-    if alt.exists() or (is_glob and globlib.glob(str(alt), recursive=True)):
-        return str(alt)
-    return spec
-
 
 class ByteWindows:
     """Batches for byte-level models: {'ids': (B, T), 'targets': (B, T)}."""
@@ -181,7 +163,7 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
         raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
     if resume and not has_ckpt:
         raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
-    corpus = load_corpus(resolve_corpus(cfg.data.corpus), cfg.data.splits, cfg.data.data_dir)
+    corpus = open_corpus(cfg.data)
 
     env = D.init_distributed(cfg.train.device)
     try:

@@ -1,0 +1,153 @@
+"""`blt quickstart [--out DIR] [key=value ...]`: the whole pipeline, small, on any machine.
+
+Offline and on a laptop CPU in a few minutes, on the first 2 MB of the `stdlib` corpus (the
+.py files of the running Python's standard library, so every machine has it):
+  1. train a small byte-level entropy model (sliding-window attention) -> OUT/entropy;
+  2. train a BLT with entropy patching -> OUT/blt: its corpus entropies are computed with
+     the entropy model, the threshold is calibrated on held-out bytes to 4.5 bytes per patch,
+     then the local encoder, latent transformer and local decoder train end to end;
+  3. evaluate the BLT's bits per byte, mean patch size and theta on (the first --eval-bytes
+     of) the val split, reloading it from its run directory as `blt eval` does;
+  4. sample a continuation of a prompt with incremental BLT generation.
+Each step is a function of the shared `Quickstart` state, listed in STEPS. `key=value`
+overrides change the BLT's config (e.g. `train.steps=100`; its data.* settings also feed the
+entropy model) and `entropy.key=value` the entropy model's (e.g. `entropy.train.steps=50`);
+results go to OUT/quickstart.json and a summary to stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blt.errors import UserError
+
+DATA = {"corpus": "stdlib", "max_bytes": 2_000_000, "batch_size": 16}
+ENTROPY_CONFIG = {
+    "model_kind": "byte",
+    "model": {"dim": 64, "n_layers": 2, "n_heads": 4, "context": 128, "window": 64},
+    "data": {**DATA, "batch_size": 32},
+    "optim": {"lr": 3e-3, "warmup_steps": 30, "min_lr_ratio": 0.1},
+    "train": {"steps": 300, "log_every": 50, "eval_every": 0, "eval_bytes": 20_000, "ckpt_every": 0},
+}
+BLT_CONFIG = {
+    "model_kind": "blt",
+    "blt": {
+        "context": 512,
+        "encoder": {"dim": 96, "n_layers": 1, "n_heads": 4, "window": 64},
+        "latent": {"dim": 192, "n_layers": 2, "n_heads": 4},
+        "decoder": {"dim": 96, "n_layers": 1, "n_heads": 4, "window": 64},
+        "k": 2,
+        "hash_buckets": 8192,
+    },
+    "patching": {"kind": "entropy", "target_patch_size": 4.5},
+    "data": DATA,
+    "optim": {"lr": 3e-3, "warmup_steps": 50, "min_lr_ratio": 0.1},
+    "train": {"steps": 500, "log_every": 50, "eval_every": 0, "eval_bytes": 20_000, "ckpt_every": 0},
+}
+EVAL_BYTES = 50_000  # of the val split's 100,000; `blt eval OUT/blt` scores all of it
+PROMPT = b"def "
+
+
+@dataclass
+class Quickstart:
+    out: Path
+    entropy_cfg: object  # RunConfig of the entropy model
+    cfg: object  # RunConfig of the BLT
+    eval_bytes: int | None
+    sample_bytes: int
+    results: dict = field(default_factory=dict)
+    model: object = None  # the trained model, reloaded from the run directory by step_evaluate
+    stopped: str | None = None  # set by a step that ends the pipeline early (Ctrl-C)
+
+
+def _train(qs: Quickstart, name: str, cfg, out: Path) -> None:
+    from blt.train.loop import train
+
+    result = train(cfg, out)
+    qs.results[name] = {k: result[k] for k in ("step", "bpb", "val_bpb", "elapsed", "bytes_per_s") if k in result}
+    if result.get("interrupted"):
+        qs.stopped = f"training stopped by {result.get('signal', 'a signal')} at step {result['step']}"
+
+
+def step_train_entropy(qs: Quickstart) -> None:
+    _train(qs, "entropy_model", qs.entropy_cfg, qs.out / "entropy")
+
+
+def step_train_blt(qs: Quickstart) -> None:
+    _train(qs, "blt", qs.cfg, qs.out / "blt")
+
+
+def step_evaluate(qs: Quickstart) -> None:
+    from blt.commands.eval import evaluate_run, open_run
+
+    qs.model, cfg, step = open_run(str(qs.out / "blt"), "auto")
+    result = evaluate_run(qs.model, cfg, max_bytes=qs.eval_bytes)
+    qs.results["eval"] = {**result, "step": step}
+    print(
+        f"BLT val bpb {result['bpb']:.4f} over {result['bytes']:,} bytes of {result['corpus']} [val]; "
+        f"mean patch size {result['mean_patch_size']:.2f} bytes (theta {result['theta']:.3f} nats, "
+        f"target {result['target_patch_size']})"
+    )
+
+
+def step_sample(qs: Quickstart) -> None:
+    (text,) = qs.model.generate([PROMPT], max_new_bytes=qs.sample_bytes, temperature=0.8, top_k=50, seed=0)
+    sample = (PROMPT + text).decode("utf-8", errors="replace")
+    qs.results["sample"] = sample
+    print(f"sample (temperature 0.8, top-k 50, seed 0):\n{sample}")
+
+
+STEPS = [
+    ("train the entropy model (a small byte-level LM)", step_train_entropy),
+    ("compute entropies, calibrate the threshold, train the BLT", step_train_blt),
+    ("evaluate bits per byte and patch size on the val split", step_evaluate),
+    ("sample a continuation", step_sample),
+]
+
+
+def add_parser(sub):
+    p = sub.add_parser("quickstart", help="train, evaluate and sample a small model in a few minutes (offline)")
+    p.add_argument("--out", default="runs/quickstart", help="directory for both runs (default runs/quickstart)")
+    p.add_argument("--eval-bytes", type=int, default=EVAL_BYTES, help="evaluate on the first N val bytes (0 = all)")
+    p.add_argument("--sample-bytes", type=int, default=300, help="length of the sample")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="BLT config overrides (train.steps=100)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from blt.checkpoint import LATEST
+    from blt.config import from_dict, merge, parse_overrides
+    from blt.run import RunConfig
+
+    out = Path(args.out)
+    if any((out / sub / "checkpoints" / LATEST).is_file() for sub in ("entropy", "blt")):
+        raise UserError(f"{out} already holds a run; pass --out with a new directory (or remove it)")
+    if args.eval_bytes < 0:
+        raise UserError(f"--eval-bytes must be >= 0 (0 = all of val), got {args.eval_bytes}")
+    if args.sample_bytes < 0:
+        raise UserError(f"--sample-bytes must be >= 0, got {args.sample_bytes}")
+    overrides = parse_overrides(args.overrides)
+    entropy_overrides = overrides.pop("entropy", {})
+    blt_cfg = merge(BLT_CONFIG, {"patching": {"entropy_run": str(out / "entropy")}})
+    cfg = from_dict(RunConfig, merge(blt_cfg, overrides))
+    same_data = {"data": {k: getattr(cfg.data, k) for k in ("corpus", "splits", "data_dir", "max_bytes")}}
+    entropy_cfg = from_dict(RunConfig, merge(merge(ENTROPY_CONFIG, same_data), entropy_overrides))
+    qs = Quickstart(out, entropy_cfg, cfg, args.eval_bytes or None, args.sample_bytes)
+    t0 = time.time()
+    for i, (title, fn) in enumerate(STEPS, 1):
+        print(f"[{i}/{len(STEPS)}] {title}", flush=True)
+        fn(qs)
+        if qs.stopped:
+            print(f"blt quickstart: {qs.stopped}; the checkpoint is in {out}", file=sys.stderr)
+            return 130
+    qs.results["seconds"] = round(time.time() - t0, 1)
+    (out / "quickstart.json").write_text(json.dumps(qs.results, indent=1) + "\n")
+    print(
+        f"done in {qs.results['seconds']:.0f}s; runs in {out}/entropy and {out}/blt. Next:\n"
+        f"  blt generate {out}/blt --prompt 'import ' --temperature 0.8\n  blt eval {out}/blt --split test\n"
+        f"  blt patches {out}/blt --input some_file.py"
+    )
+    return 0
