@@ -39,6 +39,8 @@ def patcher_for_run(run_dir: str, device: str = "auto") -> RunPatching:
     model, cfg, _ = open_run(run_dir, device)
     if cfg.model_kind == "byte":
         return RunPatching(config=None, entropy_model=model)
+    if cfg.model_kind != "blt":
+        raise UserError(f"{run_dir} is a '{cfg.model_kind}' run: give an entropy model (byte) run or a BLT run")
     vocab = None
     if cfg.patching.kind == "bpe":
         from blt.patching.bpe import load_bpe_vocab

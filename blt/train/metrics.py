@@ -77,6 +77,8 @@ def summarize(nats: float, positions: float, seconds: float, stats: dict[str, fl
     targets = max(stats.get("targets", 0.0), 1.0)
     loss = nats / targets
     row = {"loss": loss, "bpb": loss / math.log(2), "bytes_per_s": positions / max(seconds, 1e-9)}
+    if stats.get("bytes"):  # token models: targets are tokens; bpb is per byte of text they cover
+        row["bpb"] = nats / (math.log(2) * stats["bytes"])
     for k, v in stats.items():
         row[k] = int(v) if float(v).is_integer() else v
         row[f"{k}_per_s"] = v / max(seconds, 1e-9)
