@@ -11,7 +11,7 @@ from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.transformer import TransformerConfig
 from blt.patching.entropy import online_entropies
 from blt.patching.patchers import (
-    CombinedEntropyPatcher, EntropyPatcher, RelativeEntropyPatcher, SpacePatcher, StaticPatcher,
+    BPEPatcher, CombinedEntropyPatcher, EntropyPatcher, RelativeEntropyPatcher, SpacePatcher, StaticPatcher,
 )
 from blt.sampling import sample_next
 from blt.vocab import EOS_ID, encode
@@ -128,6 +128,22 @@ def test_latent_steps_only_for_rows_that_closed_a_patch(model):
     assert torch.equal(state.lat_stack.row_count, closed)
     assert len(set(closed.tolist())) > 1  # the rows stepped the latent different numbers of times
     assert (online.log_softmax(-1) - reference.log_softmax(-1)).abs().max() < 1e-4
+
+
+def test_bpe_patching_online_equals_offline(model):
+    """Calling the patcher's own `starts` makes the causal BPE rule work online too."""
+    tokens = [bytes([b]) for b in range(256)] + [b"th", b"the", b"the ", b"ci", b"cit", b"citizen", b" a", b"ea"]
+    model.set_patching(BPEPatcher(tokens, max_patch_length=5))
+    seq = encode(TEXT[:60])[None]  # (1, 61)
+    state = bg.IncrementalBLT(model, 1, 60)
+    with torch.no_grad():
+        online = torch.cat([state.step(seq[:, p]) for p in range(60)])  # (60, V)
+        starts = model.patch_starts(seq)
+        reference = model(seq[:, :-1], starts)[0]
+    assert torch.equal(state.starts, starts) and not bool(starts.all())
+    assert (online.log_softmax(-1) - reference.log_softmax(-1)).abs().max() < 1e-4
+    fast = bg.generate(model, [PROMPT], max_new_bytes=24, temperature=0)
+    assert fast == generate_slow(model, [PROMPT], max_new_bytes=24, temperature=0)
 
 
 def test_unbounded_windows_grow_the_caches():

@@ -2,8 +2,9 @@
 
 Prints prompt + continuation. Bytes that are not valid UTF-8 still print (as U+FFFD); --raw
 writes the exact bytes (prompt + continuation, no newline) to stdout's binary buffer instead.
---stream prints bytes as the model produces them. A prompt longer than the model's context is
-cut from the left; a note on stderr says so.
+--stream prints bytes as the model produces them. A byte-level run cuts a prompt longer than
+its context from the left (a note on stderr says so); a BLT run keeps it all (its windows
+slide: see blt.blt_generate).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from blt.generate import PromptTruncated, check_generation_args, generate_bytes
+    from blt.generate import PromptTruncated, check_generation_args
 
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")  # non-UTF-8 argv bytes survive
     stops = [s.encode("utf-8", errors="surrogateescape") for s in args.stop]
@@ -70,8 +71,8 @@ def run(args) -> int:
         warnings.showwarning = _note
         if args.stream:
             out.write(prompt)
-        (text,) = generate_bytes(
-            model, [prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed, stops,
+        (text,) = model.generate(  # ByteLM: blt.generate; BLT: blt.blt_generate (online patching)
+            [prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed, stops,
             on_bytes=(lambda _, data: out.write(data)) if args.stream else None,
         )
         if not args.stream:
