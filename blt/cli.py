@@ -11,7 +11,7 @@ import sys
 
 from blt.errors import UserError
 
-COMMANDS = ["train", "eval", "score", "generate", "quickstart", "entropies", "patches"]
+COMMANDS = ["train", "eval", "score", "generate", "quickstart", "entropies", "patches", "study"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -79,6 +79,10 @@ def attention_span(seq_len: float, window: int | None = None, attention: str = "
     if seq_len <= 0:
         raise UserError(f"sequence length must be positive, got {seq_len}")
     if attention == "dense":
+        if window is not None and 2 * window <= seq_len:
+            # masks.window_mask's blocked form: each block of W queries scores 2W keys, over
+            # ceil(T / W) blocks (the last one padded)
+            return 2.0 * window * math.ceil(seq_len / window) * window / seq_len
         return float(seq_len)
     # sum over t < T of min(t + 1, W), divided by T; seq_len may be fractional (latent patches).
     T = float(seq_len)

@@ -7,7 +7,8 @@ A run directory holds:
     checkpoints/LATEST     name of the newest complete checkpoint
 BLT runs also hold what their patcher needs: entropies/ (the corpus's entropy file, used for
 training batches) and bpe_vocab.json (causal BPE patching). A BLT checkpoint carries its frozen
-entropy model's weights, so a BLT run rebuilds alone.
+entropy model's weights, so a BLT run rebuilds alone. BPE-token runs hold tokenizer.json (their
+tokenizer, learned at run start) and tokens/ (the training split as tokens).
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 from blt.config import read_yaml, from_dict
+from blt.data.tokens import load_tokenizer
 from blt.errors import UserError
 from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
+from blt.models.token_lm import TokenLM, TokenLMConfig
 from blt.patching.bpe import load_bpe_vocab
 from blt.patching.patchers import PatcherConfig, build_patcher
 
@@ -61,9 +64,10 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model_kind: Literal["byte", "blt"] = "byte"
+    model_kind: Literal["byte", "blt", "bpe"] = "byte"
     model: ByteLMConfig = field(default_factory=ByteLMConfig)  # the byte-level transformer
     blt: BLTConfig = field(default_factory=BLTConfig)  # the BLT network (model_kind: blt)
+    bpe: TokenLMConfig = field(default_factory=TokenLMConfig)  # the BPE-token transformer (model_kind: bpe)
     patching: PatcherConfig = field(default_factory=PatcherConfig)  # how a BLT cuts patches
     # the entropy model's architecture, copied from patching.entropy_run when a BLT run starts
     entropy_model: ByteLMConfig | None = None
@@ -81,8 +85,10 @@ class RunConfig:
 
     @property
     def context(self) -> int:
-        """Input positions per training window."""
-        return self.blt.context if self.model_kind == "blt" else self.model.context
+        """Input positions per training window (tokens for model_kind bpe)."""
+        if self.model_kind == "blt":
+            return self.blt.context
+        return self.bpe.context if self.model_kind == "bpe" else self.model.context
 
 
 def build_model(cfg: RunConfig, run_dir: str | Path | None = None):
@@ -108,6 +114,10 @@ def build_model(cfg: RunConfig, run_dir: str | Path | None = None):
             entropy_model = ByteLM(cfg.entropy_model)
         model.set_patching(patcher, entropy_model)
         return model
+    if cfg.model_kind == "bpe":
+        if run_dir is None:
+            raise UserError("a BPE-token model needs its run directory (tokenizer.json)")
+        return TokenLM(cfg.bpe, load_tokenizer(run_dir))
     raise UserError(f"unknown model_kind '{cfg.model_kind}'")
 
 

@@ -75,7 +75,7 @@ def test_two_cpu_ranks_train_in_lockstep(text_file, tmp_path):
     assert (dump / "saved_by_rank0").read_text().split() == ["3", "6"]
     assert not (dump / "saved_by_rank1").exists()
     rows = [yaml.safe_load(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 4, 6]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 6]  # logged steps, plus checkpoint steps (3, 6)
     assert rows[-1]["tokens"] == 6 * 2 * 2 * 4 * 32  # steps x ranks x micro-steps x batch x context
     assert "val_bpb" in rows[-1]
     info = yaml.safe_load((out / "run.json").read_text())

@@ -97,7 +97,9 @@ def test_attention_span():
     assert attention_span(4) == pytest.approx((1 + 2 + 3 + 4) / 4)
     assert attention_span(6, window=2) == pytest.approx((1 + 2 + 2 + 2 + 2 + 2) / 6)
     assert attention_span(6, window=100) == attention_span(6)
-    assert attention_span(6, window=2, attention="dense") == 6
+    assert attention_span(6, window=2, attention="dense") == 4  # blocked: 2W keys per query
+    assert attention_span(6, window=4, attention="dense") == 6  # 2W > T: dense T x T
+    assert attention_span(7, window=2, attention="dense") == pytest.approx(2 * 2 * 4 * 2 / 7)  # padded last block
     with pytest.raises(UserError):
         attention_span(6, attention="sparse")
     with pytest.raises(UserError):

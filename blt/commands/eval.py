@@ -5,7 +5,11 @@ split is val. Progress goes to stderr; the last line on stdout is one JSON objec
 {"bpb", "bytes", "nats", "split", "corpus", "params", "step", "run", "seconds",
  "flops_per_byte", "flops_per_byte_with_entropy", "train_flops_per_byte"}; a BLT run adds
 its patcher, the calibrated "theta" / "theta_r" and the "mean_patch_size" its patcher cuts
-the scored bytes into (which is also the patch size its FLOPs per byte are computed with).
+the scored bytes into (which is also the patch size its FLOPs per byte are computed with);
+a BPE-token run adds the "bytes_per_token" its tokenizer achieves on the scored bytes (its
+FLOPs per byte are its FLOPs per token divided by that).
+`--noise KIND` adds the robustness figures of `blt.noise.noise_report` (clean and noised bpb
+on the same clean continuations, and their difference) for the same bytes.
 
 `open_run` (model + config + checkpoint step on a device) is shared by the inference commands.
 Command modules import torch inside `run`, so `blt --help` stays fast.
@@ -41,6 +45,10 @@ def add_parser(sub):
     p.add_argument("--split", default="val", choices=["train", "val", "test", "all"])
     p.add_argument("--max-bytes", type=int, help="score only the first N bytes of the split")
     p.add_argument("--batch-size", type=int, default=16, help="windows scored per forward pass")
+    p.add_argument("--noise", metavar="KIND", help="also score robustness to this noise: "
+                   "random_case, uppercase, drop, repeat or swap (see blt/noise.py)")
+    p.add_argument("--noise-p", type=float, help="noise probability per character (default: the kind's own)")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the noise")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -53,7 +61,7 @@ def evaluate_run(model, cfg, data: str | None = None, split: str = "val", max_by
     """
     from blt.data.corpus import load_corpus, open_corpus, resolve_corpus
     from blt.evaluate import evaluate_split, patch_statistics, split_documents
-    from blt.flops import blt_flops, byte_lm_flops
+    from blt.flops import blt_flops, bpe_lm_flops, byte_lm_flops
 
     if max_bytes is not None and max_bytes < 1:
         raise UserError(f"--max-bytes must be at least 1, got {max_bytes}")
@@ -78,6 +86,9 @@ def evaluate_run(model, cfg, data: str | None = None, split: str = "val", max_by
         extra = {"patcher": p.kind, "theta": p.theta, "theta_r": p.theta_r, "target_patch_size": p.target_patch_size}
         extra["mean_patch_size"] = stats["mean_patch_size"]
         flops = blt_flops(cfg.blt, stats["mean_patch_size"], cfg.entropy_model)
+    elif cfg.model_kind == "bpe":
+        extra["bytes_per_token"] = model.tokenizer.bytes_per_token(split_documents(byte_split, max_bytes))
+        flops = bpe_lm_flops(cfg.bpe, cfg.bpe.vocab_size, extra["bytes_per_token"])
     else:
         flops = byte_lm_flops(cfg.model)
     extra.update(
@@ -89,7 +100,14 @@ def evaluate_run(model, cfg, data: str | None = None, split: str = "val", max_by
 
 
 def run(args) -> int:
+    if args.noise is not None:
+        from blt.noise import check_noise, noise_report
+
+        check_noise(args.noise, args.noise_p)  # before the long evaluation, not after it
     model, cfg, step = open_run(args.run, args.device)
     summary = evaluate_run(model, cfg, args.data, args.split, args.max_bytes, args.batch_size)
+    if args.noise is not None:
+        summary.update(noise_report(model, cfg, args.data, args.split, args.max_bytes, args.noise,
+                                    args.noise_p, args.noise_seed, args.batch_size))
     print(json.dumps({**summary, "step": step, "run": str(Path(args.run))}))
     return 0

@@ -45,7 +45,7 @@ BLT_CONFIG = {
     "patching": {"kind": "entropy", "target_patch_size": 4.5},
     "data": DATA,
     "optim": {"lr": 3e-3, "warmup_steps": 50, "min_lr_ratio": 0.1},
-    "train": {"steps": 500, "log_every": 50, "eval_every": 0, "eval_bytes": 20_000, "ckpt_every": 0},
+    "train": {"steps": 400, "log_every": 50, "eval_every": 0, "eval_bytes": 20_000, "ckpt_every": 0},
 }
 EVAL_BYTES = 50_000  # of the val split's 100,000; `blt eval OUT/blt` scores all of it
 PROMPT = b"def "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blt.models.masks import attention_mask
+from blt.models.masks import window_mask
 from blt.models.transformer import TransformerConfig, TransformerStack
 
 
@@ -40,5 +40,5 @@ class LatentTransformer(nn.Module):
         index = torch.arange(P, device=patches.device).expand(B, P)
         pos = torch.where(index < n_patches[:, None], index, -1)  # -1 marks padding
         window = self.span if self.span < P else None
-        mask = attention_mask(pos, pos, window, patch_docs, patch_docs)  # (B, 1, P, P)
+        mask = window_mask(pos, window, patch_docs)  # dense (B, 1, P, P), or blocked for short windows
         return self.stack(patches, pos, mask)

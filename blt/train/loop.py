@@ -6,6 +6,11 @@ Contract with models and data:
   `loss, stats = model.loss(**batch)`. `loss` is the mean over `stats['targets']` scored
   targets; any other numeric stat (BLT's 'patches') is summed over micro-steps and ranks and
   logged with its rate.
+- Training FLOPs (blt.flops, 3 x forward): each micro-step is charged its input positions times
+  `train_flops_per_position`, a BLT with the bytes per patch of that very batch
+  (targets / patches). Rows log the interval's `flops`, `flops_per_s` and the running total
+  `train_flops`, which checkpoints carry so a resumed run continues it; every checkpoint step
+  also logs a row, so the total saved is complete.
 - The model is built, placed on its device, then `init_weights()`-ed (see distributed.py).
 - data.batch_size windows per micro-step and rank; an optimizer step takes grad_accum
   micro-steps on every rank, each micro-step's mean loss weighted 1/grad_accum (nanoGPT's rule).
@@ -39,9 +44,11 @@ from blt.data.corpus import Corpus, open_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.evaluate import evaluate_split
+from blt.flops import blt_flops, bpe_lm_flops, byte_lm_flops
 from blt.run import RunConfig, build_model
 from blt.train import distributed as D
 from blt.train.blt_setup import blt_sampler, load_entropy_weights, prepare_blt
+from blt.train.bpe_setup import bpe_sampler, prepare_bpe
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
 from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
 
@@ -65,7 +72,25 @@ def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int, run_dir: Path):
             corpus.split("train"), cfg.model.context, cfg.data.batch_size, cfg.train.seed, rank
         )
         return ByteWindows(sampler)
+    if cfg.model_kind == "bpe":
+        return bpe_sampler(cfg, corpus, run_dir, rank)
     raise UserError(f"no training batches defined for model_kind '{cfg.model_kind}'")
+
+
+def train_flops_per_position(cfg: RunConfig, bytes_per_patch: float | None = None) -> float | None:
+    """Training FLOPs (3 x forward, blt.flops) of one input position of this run's model.
+
+    A BLT's cost depends on how many patches its latent runs: pass the measured bytes per
+    patch. None for a model kind without a formula here."""
+    if cfg.model_kind == "byte":
+        return byte_lm_flops(cfg.model).train_per_byte
+    if cfg.model_kind == "blt":
+        if bytes_per_patch is None:
+            raise ValueError("a BLT's training FLOPs need the measured bytes per patch")
+        return blt_flops(cfg.blt, max(float(bytes_per_patch), 1.0)).train_per_byte
+    if cfg.model_kind == "bpe":  # a position is one token
+        return bpe_lm_flops(cfg.bpe, cfg.bpe.vocab_size, bytes_per_token=1.0).train_per_byte
+    return None
 
 
 class LossForward(nn.Module):
@@ -177,6 +202,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     t, total = cfg.train, cfg.train.steps
     if cfg.model_kind == "blt":
         cfg = prepare_blt(cfg, corpus, out_dir, env)
+    if cfg.model_kind == "bpe":
+        prepare_bpe(cfg, corpus, out_dir, env)
     sampler = make_sampler(cfg, corpus, env.rank, out_dir)
     val_split = corpus.split("val")
 
@@ -186,6 +213,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     start, elapsed0, tokens = 0, 0.0, 0
+    train_flops = 0.0  # cumulative over all ranks, resumes included
     if resume:
         ckpt = latest_checkpoint(out_dir)
         load_weights(model, ckpt)
@@ -194,6 +222,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
         load_scheduler_state(scheduler, state["scheduler"])
         _set_rng_state(state["rng"], env.device)
         start, elapsed0, tokens = state["step"], state["elapsed"], state["tokens"]
+        train_flops = float(state.get("train_flops", 0.0))  # absent in checkpoints older than the count
         if start >= total:
             raise UserError(
                 f"the run in {out_dir} already reached step {start}; pass --steps larger than {start} to go on"
@@ -216,7 +245,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     n_params = sum(p.numel() for p in params)
     progress.note(
         f"{'resuming' if resume else 'training'} {cfg.model_kind} model ({n_params / 1e6:.2f}M params) on "
-        f"{corpus.name} ({corpus.fingerprint['bytes']:,} bytes), steps {start}->{total}, "
+        f"{corpus.name} ({len(corpus.data):,} bytes), steps {start}->{total}, "
         f"world {env.world}, {env.device.type} -> {out_dir}"
     )
     interval = Interval()
@@ -243,6 +272,10 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 interval.positions += batch["targets"].numel()
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
+                patch_size = stats["targets"] / max(stats["patches"], 1) if "patches" in stats else None
+                position_flops = train_flops_per_position(cfg, patch_size)
+                if position_flops is not None:
+                    interval.add({"flops": position_flops * batch["targets"].numel()})
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             optimizer.step()
             scheduler.step()
@@ -257,15 +290,19 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 stopping = D.any_rank(stopping, env.device)
             at_end = done == total
             evaluate_now = at_end or (t.eval_every > 0 and done % t.eval_every == 0)
+            checkpoint_now = at_end or stopping or (t.ckpt_every > 0 and done % t.ckpt_every == 0)
             if evaluate_now and main:
                 val = {**evaluate_split(model, val_split, t.eval_bytes), "step": done}
-            if evaluate_now or stopping or done == 1 or done % t.log_every == 0:
+            if evaluate_now or checkpoint_now or done == 1 or done % t.log_every == 0:
                 sums = D.all_reduce_sum(
                     [interval.nats, interval.positions, interval.seconds, *interval.stats.values()], env.device
                 )
                 stat_sums = dict(zip(interval.stats, sums[3:]))
                 row = {"step": done, **summarize(sums[0], sums[1], sums[2] / env.world, stat_sums)}
                 row.update(lr=lr, grad_norm=grad_norm, tokens=tokens)
+                if "flops" in stat_sums:
+                    train_flops += stat_sums["flops"]
+                    row["train_flops"] = train_flops
                 row["elapsed"] = elapsed0 + time.perf_counter() - session_start
                 if evaluate_now and main:
                     row.update(val_bpb=val["bpb"], val_bytes=val["bytes"])
@@ -273,7 +310,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 progress.show(done, row)
                 last_row = row
                 interval.reset()
-            if at_end or stopping or (t.ckpt_every > 0 and done % t.ckpt_every == 0):
+            if checkpoint_now:
                 state = {
                     "step": done,
                     "optimizer": optimizer.state_dict(),
@@ -281,6 +318,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                     "rng": _rng_state(env.device),
                     "elapsed": elapsed0 + time.perf_counter() - session_start,
                     "tokens": tokens,
+                    "train_flops": train_flops,
                     "world_size": env.world,
                 }
                 if main:
@@ -289,7 +327,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
             if stopping:
                 break
     progress.close()
-    result = {k: last_row[k] for k in ("loss", "bpb", "bytes_per_s", "tokens", "elapsed") if k in last_row}
+    keys = ("loss", "bpb", "bytes_per_s", "tokens", "elapsed", "train_flops")
+    result = {k: last_row[k] for k in keys if k in last_row}
     result.update(step=done, steps=total, rank=env.rank, run_dir=str(out_dir))
     result["interrupted"] = stop.signum is not None and done < total
     if stop.signum is not None:

@@ -1,0 +1,244 @@
+"""BPE tokens for the token-level baseline: the tokenizer, cached token splits, training windows.
+
+Tokenizer. A byte-level BPE learned with the `tokenizers` library, offline and deterministic,
+from a fixed sample of the training split (`blt.patching.bpe.sample_split`). It works on raw
+bytes and never decodes text: a document is cut into pieces by the GPT-2-like byte rule of
+`blt.patching.bpe` (an optional space then letters, digits or punctuation; whitespace runs),
+every byte becomes its character of the byte alphabet (`BYTE_CHARS`, printable and never
+whitespace), and the pieces are handed to the BPE model separated by U+3000 (whitespace,
+which no byte maps to), so no token spans two pieces. Every byte string, invalid UTF-8
+included, encodes, and decodes back exactly.
+Ids: 0 = BOS, 1 = EOS, 2 = PAD (named with a character no byte maps to, so no text can spell
+them), then the 256 single bytes, then the merges. It is saved as a `tokenizers` JSON file,
+<run>/tokenizer.json; the BPE merges live there, the piece rule and byte alphabet here.
+
+Long documents are encoded in slices of about a megabyte, each ending before its last piece
+(which the next slice starts with), so a document tokenizes the same whole or sliced; only a
+single piece longer than a slice is cut.
+
+Token splits. A split is tokenized once into a flat memory map [BOS t_1..t_n EOS] per document
+(uint16, uint32 past 65536 tokens), with a JSON file naming the tokenizer and the bytes it came
+from; a stale cache is rebuilt. `TokenWindowSampler` draws (B, T+1) windows from it as a pure
+function of (seed, rank, step, micro), as `blt.data.stream.WindowSampler` does for bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blt.data.corpus import ByteSplit
+from blt.errors import UserError
+from blt.patching.bpe import _PIECE as PIECE_RULE
+from blt.patching.bpe import BYTE_CHARS, CHAR_BYTES, sample_split
+
+TOKENIZER_FILE = "tokenizer.json"
+BOS, EOS, PAD = 0, 1, 2
+SPECIAL_TOKENS = ("\u27e8bos\u27e9", "\u27e8eos\u27e9", "\u27e8pad\u27e9")  # ⟨bos⟩ ⟨eos⟩ ⟨pad⟩
+MIN_VOCAB = len(SPECIAL_TOKENS) + 256
+SLICE_CHARS = 1 << 20  # bytes of a document encoded at once
+_TO_CHARS = dict(enumerate(BYTE_CHARS))  # str.translate table: latin-1 character -> byte character
+SEPARATOR = "\u3000"  # between pieces: whitespace to the pre-tokenizer, beyond latin-1 so translate keeps it
+
+
+def _as_bytes(data) -> bytes:
+    return data if isinstance(data, bytes) else bytes(np.asarray(data, dtype=np.uint8))
+
+
+def piece_texts(data) -> list[str]:
+    """One document as strings of pieces in byte characters, separated by SEPARATOR (see module doc)."""
+    text = _as_bytes(data).decode("latin-1")  # one character per byte, for the regex only
+    out, at = [], 0
+    while at < len(text):
+        end = at + SLICE_CHARS
+        pieces = PIECE_RULE.findall(text, at, end)
+        # the last piece may go on past `end`: it starts the next slice, unless it is all there is
+        if end < len(text) and len(pieces) > 1:
+            pieces.pop()
+        at += sum(len(p) for p in pieces)
+        out.append(SEPARATOR.join(pieces).translate(_TO_CHARS))
+    return out
+
+
+class BPETokenizer:
+    """A trained byte-level BPE: bytes <-> token ids (see the module docstring)."""
+
+    def __init__(self, tok, source: str = "<memory>"):
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size()
+        vocab = tok.get_vocab()
+        for i, name in enumerate(SPECIAL_TOKENS):
+            if vocab.get(name) != i:
+                raise UserError(f"{source} is not a tokenizer written by blt (no {name} at id {i})")
+        missing = [b for b, c in enumerate(BYTE_CHARS) if c not in vocab]
+        if missing or sorted(vocab.values()) != list(range(self.vocab_size)):
+            raise UserError(f"{source} is not a byte-level BPE tokenizer written by blt")
+        pieces = [""] * self.vocab_size
+        for name, i in vocab.items():
+            pieces[i] = name
+        self.token_bytes = [b""] * len(SPECIAL_TOKENS)  # what each id stands for; specials: nothing
+        self.token_bytes += [bytes(CHAR_BYTES[c] for c in p) for p in pieces[len(SPECIAL_TOKENS) :]]
+        self.json = tok.to_str()
+        self.sha256 = hashlib.sha256(self.json.encode()).hexdigest()
+
+    def token_lengths(self) -> np.ndarray:
+        """Bytes each id stands for (0 for BOS/EOS/PAD). (V,) int64"""
+        return np.array([len(t) for t in self.token_bytes], dtype=np.int64)
+
+    def iter_encode(self, docs, batch_chars: int = 1 << 22):
+        """Yield each document's token ids (int64, no BOS/EOS), in order; documents are encoded
+        in batches of about batch_chars bytes (`tokenizers` spreads a batch over its threads)."""
+        parts: dict[int, list[np.ndarray]] = {}
+        texts, owners = [], []
+
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, 2-3x faster
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+
+        def encode_pending():
+            for d, enc in zip(owners, encode(texts, add_special_tokens=False)):
+                parts[d].append(np.asarray(enc.ids, dtype=np.int64))
+            texts.clear()
+            owners.clear()
+
+        def finished(before: int | None):
+            while parts and (before is None or next(iter(parts)) < before):
+                chunks = parts.pop(next(iter(parts)))
+                yield np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+
+        size = 0
+        for d, doc in enumerate(docs):
+            parts[d] = []
+            for text in piece_texts(doc):
+                texts.append(text)
+                owners.append(d)
+                size += len(text)
+                if size >= batch_chars:
+                    encode_pending()
+                    size = 0
+                    yield from finished(before=d)
+        encode_pending()
+        yield from finished(before=None)
+
+    def encode_batch(self, docs) -> list[np.ndarray]:
+        return list(self.iter_encode(docs))
+
+    def encode(self, data) -> np.ndarray:
+        """bytes (or a uint8 array) -> token ids, int64, without BOS/EOS."""
+        return self.encode_batch([data])[0]
+
+    def decode(self, ids) -> bytes:
+        """Token ids -> bytes; BOS/EOS/PAD stand for nothing."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return b"".join(self.token_bytes[int(i)] for i in ids)
+
+    def bytes_per_token(self, docs) -> float:
+        """Mean bytes per token over documents (BOS and EOS not counted): the compression."""
+        n_bytes = n_tokens = 0
+        for doc, ids in zip(docs, self.iter_encode(docs)):
+            n_bytes += len(doc)
+            n_tokens += len(ids)
+        return n_bytes / max(n_tokens, 1)
+
+    def save(self, path) -> Path:
+        """Write the `tokenizers` JSON atomically; path may be a run directory."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(self.json)
+        os.replace(tmp, path)
+        return path
+
+
+def load_tokenizer(path) -> BPETokenizer:
+    """Read a tokenizer written by `BPETokenizer.save`; path may be a run directory."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise UserError(f"BPE tokenizer not found: {path}")
+    try:
+        tok = Tokenizer.from_str(path.read_text())
+    except Exception:  # the library raises plain Exceptions for any malformed JSON
+        raise UserError(f"{path} is not a tokenizer file") from None
+    return BPETokenizer(tok, str(path))
+
+
+def train_tokenizer(data, vocab_size: int, sample_bytes: int = 10_000_000) -> BPETokenizer:
+    """Learn a byte-level BPE of at most vocab_size ids (specials and single bytes included)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB:
+        raise UserError(f"a byte-level BPE vocabulary needs at least {MIN_VOCAB} tokens, got {vocab_size}")
+    if isinstance(data, (bytes, bytearray)):
+        data = np.frombuffer(bytes(data), dtype=np.uint8)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=BYTE_CHARS, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tok.train_from_iterator(piece_texts(sample_split(data, sample_bytes)), trainer=trainer)
+    return BPETokenizer(tok)
+
+
+# ---- token splits ------------------------------------------------------------------------------
+
+
+def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dict) -> np.ndarray:
+    """The split as [BOS t.. EOS] per non-empty document, a memory map at <prefix>.bin.
+
+    Made once; remade when its JSON (<prefix>.json) names another tokenizer or `source` (what
+    the bytes are, e.g. the corpus fingerprint and split). Written atomically.
+    """
+    prefix = Path(prefix)
+    bin_path, meta_path = prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".json")
+    want = {"tokenizer": tokenizer.sha256, "source": source, "bytes": split.n_bytes}
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in want.items()) and bin_path.is_file():
+            return np.memmap(bin_path, dtype=meta["dtype"], mode="r")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    tmp = bin_path.with_name(f".{bin_path.name}.tmp{os.getpid()}")
+    n_tokens = n_docs = 0
+    with open(tmp, "wb") as f:
+        for ids in tokenizer.iter_encode(split.documents()):
+            if len(ids) == 0:
+                continue
+            f.write(np.concatenate([[BOS], ids, [EOS]]).astype(dtype).tobytes())
+            n_tokens += len(ids) + 2
+            n_docs += 1
+    os.replace(tmp, bin_path)
+    meta = {**want, "dtype": np.dtype(dtype).name, "tokens": n_tokens, "documents": n_docs}
+    meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(meta_tmp, meta_path)
+    return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype=dtype)
+
+
+class TokenWindowSampler:
+    """Draws (B, T+1) token windows from a token split; {'ids': w[:, :-1], 'targets': w[:, 1:]}."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0):
+        self.tokens = tokens
+        self.seq_len, self.batch_size, self.seed, self.rank = seq_len, batch_size, seed, rank
+        if len(tokens) < seq_len + 1:
+            raise UserError(
+                f"the training split holds {len(tokens)} tokens, fewer than one window of {seq_len + 1}"
+            )
+
+    def starts(self, step: int, micro: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.rank, step, micro])
+        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+
+    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        index = self.starts(step, micro)[:, None] + np.arange(self.seq_len + 1)[None, :]  # (B, T+1)
+        w = torch.from_numpy(np.asarray(self.tokens[index], dtype=np.int64))
+        return {"ids": w[:, :-1].contiguous(), "targets": w[:, 1:].contiguous()}
