@@ -35,6 +35,7 @@ class KVCache:
         self.length = length
         self.window, self.max_step = window, max_step
         self.cursor = 0  # ring slot for the next write, shared by all rows
+        self.filled = 0  # slots written so far (the ring fills 0, 1, ... before it wraps)
         self.slots: torch.Tensor | None = None  # slots being written by the current step
 
     def begin(self, positions: torch.Tensor) -> torch.Tensor:
@@ -44,11 +45,13 @@ class KVCache:
             raise ValueError(f"a step of {t} positions exceeds this cache's max_step {self.max_step}")
         self.slots = (self.cursor + torch.arange(t, device=positions.device)) % self.length
         self.cursor = (self.cursor + t) % self.length
+        self.filled = min(self.filled + t, self.length)
         self.key_pos[:, self.slots] = positions
-        return attention_mask(positions, self.key_pos, self.window)
+        # until the ring wraps, only its first `filled` slots hold keys: attend to those alone
+        return attention_mask(positions, self.key_pos[:, : self.filled], self.window)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys/values (B, H, T, D) for `layer`; return all slots (B, H, L, D)."""
+        """Store this step's keys/values (B, H, T, D) for `layer`; return the filled slots (B, H, S, D)."""
         self.k[layer][:, :, self.slots] = k
         self.v[layer][:, :, self.slots] = v
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, : self.filled], self.v[layer][:, :, : self.filled]
