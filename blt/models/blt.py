@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blt.errors import UserError
-from blt.models.byte_lm import ByteLM
+from blt.models.byte_lm import ByteLM, masked_targets
 from blt.models.hash_ngram import HASH_PRIMES
 from blt.models.latent import LatentTransformer, patch_documents
 from blt.models.local_decoder import LocalDecoder
@@ -150,24 +150,21 @@ class ByteLatentTransformer(nn.Module):
         return self.decoder(ids, byte_states, latent_out, self.decoder_patches(patch))
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy (nats) over real-byte targets; stats {'targets', 'patches'}.
+        """Mean cross-entropy (nats) over byte and EOS targets; stats {'targets', 'patches'}.
 
-        BOS, PAD and EOS targets are not scored. BOS and PAD never are (see ByteLM). EOS is
-        left out because its boundary is causal only where the EOS position carries the
-        entropy model's real value (the training sampler stores it); the patchers' documented
-        convention puts 0 there, and with 0 whether an EOS starts a patch depends on the EOS id
-        itself, so the decoder could read EOS off the patching. Evaluation (blt.evaluate)
-        scores bytes only, so the loss measures the same thing; the price is a model that
-        never learns to emit EOS.
-        'patches' counts the patches starting at a scored byte: targets / patches is the mean
-        patch size over real bytes.
+        BOS and PAD targets are not scored (see ByteLM). EOS is, as in ByteLM, so a BLT learns
+        where documents end: its boundary is causal because the EOS position carries the
+        entropy model's real value (the entropy file stores it, and `online_entropies`
+        computes it), never a constant that would reveal the EOS id.
+        'patches' counts the patches starting at a scored byte: bytes / patches is the mean
+        patch size over real bytes, and 'targets' counts the bytes (EOS left out of both).
         """
         logits = self(ids, starts)
-        scored = is_byte(targets)  # (B, T)
-        t = targets.masked_fill(~scored, -100)
+        t = masked_targets(targets)  # (B, T), -100 where not scored
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
-        n_patches = complete_starts(ids, starts)[:, 1:] & scored
-        return loss, {"targets": int(scored.sum()), "patches": int(n_patches.sum())}
+        is_real = is_byte(targets)
+        n_patches = complete_starts(ids, starts)[:, 1:] & is_real
+        return loss, {"targets": int(is_real.sum()), "patches": int(n_patches.sum())}
 
     # ---- inference ------------------------------------------------------------------------
 
