@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"blt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `blt generate ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
