@@ -43,8 +43,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from blt.generate import _Row, check_generation_args
-from blt.models.hash_ngram import HASH_PRIMES, _wrap_int64
+from blt.generate import Row, check_generation_args
+from blt.models.hash_ngram import hash_powers
 from blt.models.local_encoder import pool_mask
 from blt.models.masks import attention_mask
 from blt.models.transformer import TransformerStack
@@ -221,9 +221,7 @@ class IncrementalBLT:
         self.byte_embed = emb.byte_embed.weight
         self.max_n = max(emb.ngram_sizes)
         self.recent = torch.full((batch, self.max_n), PAD_ID, dtype=torch.long, device=dev)
-        self.powers = torch.tensor(
-            [[_wrap_int64(pow(HASH_PRIMES[f], i, 1 << 64)) for i in range(self.max_n)]
-             for f in range(emb.n_hash_functions)], dtype=torch.long, device=dev)  # (F, max_n)
+        self.powers = hash_powers(emb.n_hash_functions, self.max_n, dev)  # (F, max_n)
         self.ngram_cols = torch.tensor([n - 1 for n in emb.ngram_sizes], device=dev)
         n_tables = len(emb.tables)
         self.bucket_offsets = (torch.arange(n_tables, device=dev) * emb.buckets).view(-1, len(emb.ngram_sizes))
@@ -389,7 +387,7 @@ def run_rows(prompts, max_new_bytes, temperature, top_k, top_p, seed, stop, on_b
     """
     check_generation_args(max_new_bytes, temperature, top_k, top_p, stop)
     stops = [bytes(s) for s in (stop or [])]
-    rows = [_Row(i, stops, on_bytes) for i in range(len(prompts))]
+    rows = [Row(i, stops, on_bytes) for i in range(len(prompts))]
     if not rows or max_new_bytes == 0:
         return [b"" for _ in rows]
     seqs = [encode(bytes(p)) for p in prompts]  # BOS + bytes

@@ -37,7 +37,7 @@ class PromptTruncated(UserWarning):
     """A prompt was longer than the model's context and lost its beginning."""
 
 
-class _Row:
+class Row:
     """One row's output: stop-string detection and held-back streaming."""
 
     def __init__(self, index: int, stops: list[bytes], on_bytes: Callable | None):
@@ -110,7 +110,7 @@ def generate_bytes(
     stops = [bytes(s) for s in (stop or [])]
     context = model.cfg.context
     seqs = _prompt_ids([bytes(p) for p in prompts], context)
-    rows = [_Row(i, stops, on_bytes) for i in range(len(prompts))]
+    rows = [Row(i, stops, on_bytes) for i in range(len(prompts))]
     if not rows or max_new_bytes == 0:
         return [b"" for _ in rows]
 

@@ -30,6 +30,14 @@ def _wrap_int64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
+def hash_powers(n_hash_functions: int, max_n: int, device=None) -> torch.Tensor:
+    """P_f^i as int64 (64-bit wrap-around) for every hash function f and i < max_n. (F, max_n)"""
+    return torch.tensor(
+        [[_wrap_int64(pow(HASH_PRIMES[f], i, 1 << 64)) for i in range(max_n)] for f in range(n_hash_functions)],
+        dtype=torch.long, device=device,
+    ).view(n_hash_functions, max_n)
+
+
 def shifted_ids(ids: torch.Tensor, max_n: int) -> list[torch.Tensor]:
     """[ids shifted right by i for i in 0..max_n-1]: entry i holds id_{t-i}, PAD where t-i
     falls before the window or in an earlier document. Each (B, T)."""
@@ -48,13 +56,13 @@ def ngram_hashes(ids: torch.Tensor, ngram_sizes: list[int], n_hash_functions: in
     """Bucket of every (n, hash function) pair at every position. (B, T, len(sizes) * n_fns)"""
     max_n = max(ngram_sizes)
     shifted = shifted_ids(ids, max_n)
+    powers = hash_powers(n_hash_functions, max_n).tolist()
     columns = []
     for f in range(n_hash_functions):
-        prime = HASH_PRIMES[f]
         h = torch.zeros_like(ids)
         by_n = {}
         for i in range(max_n):  # h accumulates id_{t-i} * P^i; after term i it hashes the (i+1)-gram
-            h = h + shifted[i] * _wrap_int64(pow(prime, i, 1 << 64))
+            h = h + shifted[i] * powers[f][i]
             by_n[i + 1] = h
         columns += [torch.remainder(by_n[n], buckets) for n in ngram_sizes]
     # column order: all n for hash fn 0, then all n for hash fn 1, ...

@@ -77,20 +77,17 @@ def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int, run_dir: Path):
     raise UserError(f"no training batches defined for model_kind '{cfg.model_kind}'")
 
 
-def train_flops_per_position(cfg: RunConfig, bytes_per_patch: float | None = None) -> float | None:
+def train_flops_per_position(cfg: RunConfig, bytes_per_patch: float | None = None) -> float:
     """Training FLOPs (3 x forward, blt.flops) of one input position of this run's model.
 
-    A BLT's cost depends on how many patches its latent runs: pass the measured bytes per
-    patch. None for a model kind without a formula here."""
-    if cfg.model_kind == "byte":
-        return byte_lm_flops(cfg.model).train_per_byte
+    A BLT's cost depends on how many patches its latent runs: pass the measured bytes per patch."""
     if cfg.model_kind == "blt":
         if bytes_per_patch is None:
             raise ValueError("a BLT's training FLOPs need the measured bytes per patch")
         return blt_flops(cfg.blt, max(float(bytes_per_patch), 1.0)).train_per_byte
     if cfg.model_kind == "bpe":  # a position is one token
         return bpe_lm_flops(cfg.bpe, cfg.bpe.vocab_size, bytes_per_token=1.0).train_per_byte
-    return None
+    return byte_lm_flops(cfg.model).train_per_byte
 
 
 class LossForward(nn.Module):
@@ -273,9 +270,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
                 patch_size = stats["targets"] / max(stats["patches"], 1) if "patches" in stats else None
-                position_flops = train_flops_per_position(cfg, patch_size)
-                if position_flops is not None:
-                    interval.add({"flops": position_flops * batch["targets"].numel()})
+                interval.add({"flops": train_flops_per_position(cfg, patch_size) * batch["targets"].numel()})
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             optimizer.step()
             scheduler.step()
