@@ -9,7 +9,7 @@ Train the three runs (each at most 20 minutes on this CPU), then compare:
         --report benchmarks/results/blt_vs_byte.md
 
 Both models are scored on every byte of tiny shakespeare's validation split (last 10%).
-FLOPs per byte come from blt.flops with the BLT's mean patch size MEASURED on those bytes;
+FLOPs per byte come from blt.evaluation.flops with the BLT's mean patch size MEASURED on those bytes;
 training FLOPs are 3 x forward; inference FLOPs for the BLT are given with and without its
 entropy model (which a deployment must also run, once per byte).
 """
@@ -19,10 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from blt.checkpoint import load_model
 from blt.data.corpus import open_corpus
-from blt.evaluate import evaluate_split, patch_statistics, split_documents
-from blt.flops import blt_flops, byte_lm_flops, format_flops
+from blt.evaluation.bpb import evaluate_split, patch_statistics, split_documents
+from blt.evaluation.flops import blt_flops, byte_lm_flops, format_flops
+from blt.runs.loading import open_run
 from blt.train.metrics import read_metrics
 
 
@@ -40,10 +40,11 @@ def main():
 
     results = {}
     for name, run in (("byte", args.byte), ("blt", args.blt)):
-        model, cfg = load_model(run)
+        opened = open_run(run, "cpu")
+        model, cfg = opened.model, opened.cfg
         corpus = open_corpus(cfg.data)
         val = corpus.split("val")
-        ev = evaluate_split(model, val)
+        ev = evaluate_split(opened.scores, val)
         r = {"val_bpb": ev["bpb"], "val_bytes": ev["bytes"], **run_summary(run)}
         if cfg.model_kind == "blt":
             ent_run = Path(cfg.patching.entropy_run)

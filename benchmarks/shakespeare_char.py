@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from blt.config import load_config
-from blt.flops import byte_lm_flops
-from blt.run import RunConfig
+from blt.evaluation.flops import byte_lm_flops
+from blt.runs.config import RunConfig
 from blt.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,17 +3,20 @@ every patcher; online patch boundaries, batching, sampling, stops and streaming,
 import pytest
 import torch
 
-import blt.blt_generate as bg
-from blt.blt_slow_generate import generate_slow
+import blt.inference.blt as bg
+import blt.inference.rows as rows
 from blt.errors import UserError
+from blt.inference.args import GenerationArgs as Args
+from blt.inference.blt import generate_blt
+from blt.inference.sampling import sample_next
+from blt.inference.slow import generate_slow
 from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import online_entropies
+from blt.patching.entropy import online_entropies, window_starts
 from blt.patching.patchers import (
     BPEPatcher, CombinedEntropyPatcher, EntropyPatcher, RelativeEntropyPatcher, SpacePatcher, StaticPatcher,
 )
-from blt.sampling import sample_next
 from blt.vocab import EOS_ID, encode
 
 TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\nAll: Speak, speak.\n"
@@ -87,7 +90,7 @@ def recorded(monkeypatch):
             super().__init__(*args)
             states.append(self)
 
-    monkeypatch.setattr(bg, "sample_next", greedy)
+    monkeypatch.setattr(rows, "sample_next", greedy)
     monkeypatch.setattr(bg, "IncrementalBLT", Recorded)
     return logits, states
 
@@ -95,16 +98,16 @@ def recorded(monkeypatch):
 @pytest.mark.parametrize("kind", KINDS)
 def test_incremental_equals_slow_path_and_one_forward(model, recorded, kind):
     model.set_patching(make_patcher(kind, model), model.entropy_model)
-    fast = bg.generate(model, [PROMPT], max_new_bytes=N_NEW, temperature=0)[0]
+    fast = generate_blt(model, [PROMPT], Args(N_NEW, temperature=0))[0]
     assert len(fast) == N_NEW
-    slow = generate_slow(model, [PROMPT], max_new_bytes=N_NEW, temperature=0)[0]
+    slow = generate_slow(model, [PROMPT], Args(N_NEW, temperature=0))[0]
     assert fast == slow
 
     # one full forward pass over the final sequence: log-probabilities and patch boundaries
     logits, (state,) = recorded
     seq = encode(PROMPT + fast)[None]  # (1, T+1)
     with torch.no_grad():
-        starts = model.patch_starts(seq)
+        starts = window_starts(model, seq)
         reference = model(seq[:, :-1], starts)[0].log_softmax(-1)  # (T, V)
     assert len(logits) == 2 * N_NEW  # one (1, V) per new byte, the fast path's first
     for online in (torch.cat(logits[:N_NEW]), torch.cat(logits[N_NEW:])):
@@ -122,7 +125,7 @@ def test_latent_steps_only_for_rows_that_closed_a_patch(model):
     state = bg.IncrementalBLT(model, 3, 60)
     with torch.no_grad():
         online = torch.stack([state.step(seqs[:, p]) for p in range(60)], dim=1)  # (3, 60, V)
-        offline = model.patch_starts(seqs)
+        offline = window_starts(model, seqs)
         reference = model(seqs[:, :-1], offline)
     closed = offline[:, 1:].sum(1)  # patches closed by inputs 0..59
     assert torch.equal(state.lat_stack.row_count, closed)
@@ -138,12 +141,12 @@ def test_bpe_patching_online_equals_offline(model):
     state = bg.IncrementalBLT(model, 1, 60)
     with torch.no_grad():
         online = torch.cat([state.step(seq[:, p]) for p in range(60)])  # (60, V)
-        starts = model.patch_starts(seq)
+        starts = window_starts(model, seq)
         reference = model(seq[:, :-1], starts)[0]
     assert torch.equal(state.starts, starts) and not bool(starts.all())
     assert (online.log_softmax(-1) - reference.log_softmax(-1)).abs().max() < 1e-4
-    fast = bg.generate(model, [PROMPT], max_new_bytes=24, temperature=0)
-    assert fast == generate_slow(model, [PROMPT], max_new_bytes=24, temperature=0)
+    fast = generate_blt(model, [PROMPT], Args(24, temperature=0))
+    assert fast == generate_slow(model, [PROMPT], Args(24, temperature=0))
 
 
 def test_unbounded_windows_grow_the_caches():
@@ -154,7 +157,7 @@ def test_unbounded_windows_grow_the_caches():
     state = bg.IncrementalBLT(model, 1, 150)
     with torch.no_grad():
         online = torch.cat([state.step(seq[:, p]) for p in range(150)])  # (150, V)
-        starts = model.patch_starts(seq)
+        starts = window_starts(model, seq)
         reference = model(seq[:, :-1], starts)[0]
     assert state.enc_stack.k.shape[3] == 150 and state.enc_stack.cap == 150
     assert (online.log_softmax(-1) - reference.log_softmax(-1)).abs().max() < 1e-4
@@ -165,8 +168,8 @@ def test_batched_ragged_equals_one_at_a_time():
     model = tiny_blt(latent_context=None, seed=1)
     model.set_patching(make_patcher("entropy", model), model.entropy_model)
     prompts = [b"O Romeo, Romeo", b"wherefore art thou", b"ay"]  # prefill 3 positions, then step
-    batched = model.generate(prompts, max_new_bytes=48, temperature=0)
-    alone = [model.generate([p], max_new_bytes=48, temperature=0)[0] for p in prompts]
+    batched = generate_blt(model, prompts, Args(48, temperature=0))
+    alone = [generate_blt(model, [p], Args(48, temperature=0))[0] for p in prompts]
     assert batched == alone
     assert len(set(batched)) == 3
 
@@ -175,38 +178,49 @@ def test_seeded_sampling_is_reproducible_and_matches_slow_path(model):
     model.set_patching(make_patcher("entropy_relative", model), model.entropy_model)
     kw = dict(max_new_bytes=40, temperature=1.0, top_k=50, top_p=0.95)
     prompts = [PROMPT, b"ay", b""]  # an empty prompt: BOS alone
-    a = bg.generate(model, prompts, seed=7, **kw)
-    assert a == bg.generate(model, prompts, seed=7, **kw)
-    assert a != bg.generate(model, prompts, seed=8, **kw)
-    assert a == generate_slow(model, prompts, seed=7, **kw)
+    a = generate_blt(model, prompts, Args(seed=7, **kw))
+    assert a == generate_blt(model, prompts, Args(seed=7, **kw))
+    assert a != generate_blt(model, prompts, Args(seed=8, **kw))
+    assert a == generate_slow(model, prompts, Args(seed=7, **kw))
 
 
 def test_stop_strings_and_streaming(model):
     model.set_patching(make_patcher("space", model), model.entropy_model)
-    full = bg.generate(model, [PROMPT], max_new_bytes=64, temperature=0)[0]
+    full = generate_blt(model, [PROMPT], Args(64, temperature=0))[0]
     stop = full[30:33]
     chunks = []
-    out = bg.generate(model, [PROMPT], max_new_bytes=64, temperature=0, stop=[stop],
-                      on_bytes=lambda row, data: chunks.append((row, data)))[0]
+    out = generate_blt(model, [PROMPT], Args(64, temperature=0, stop=(stop,)),
+                       on_bytes=lambda row, data: chunks.append((row, data)))[0]
     assert out == full[: full.find(stop)]
     assert b"".join(d for _, d in chunks) == out and all(r == 0 for r, _ in chunks)
 
 
-def test_generation_past_the_context_slides():
-    model = tiny_blt(context=24, latent_context=4)
+@pytest.mark.parametrize("latent_context", [4, None])
+def test_generation_past_the_context_slides_as_one_long_forward(recorded, latent_context):
+    """Beyond the context every level slides (bytes: their windows; latent: patches starting
+    within the last `context` bytes, and at most latent_context of them), and the log-probs
+    still equal one forward pass over the whole sequence, which applies the same rules."""
+    model = tiny_blt(context=24, latent_context=latent_context)
     model.set_patching(make_patcher("entropy", model), model.entropy_model)
     prompt = TEXT[:40]  # longer than the context
-    out = bg.generate(model, [prompt, b"x"], max_new_bytes=30, temperature=0)
-    assert [len(o) for o in out] == [30, 30]
-    slow = generate_slow(model, [prompt], max_new_bytes=5, temperature=0)[0]
+    assert [len(o) for o in generate_blt(model, [prompt, b"x"], Args(30, temperature=0))] == [30, 30]
+    logits, _ = recorded
+    logits.clear()
+    (out,) = generate_blt(model, [prompt], Args(30, temperature=0))
+    seq = encode(prompt + out)[None]  # (1, 71): nearly three contexts
+    with torch.no_grad():
+        reference = model(seq[:, :-1], window_starts(model, seq))[0].log_softmax(-1)  # (70, V)
+    online = torch.cat(logits)  # (30, V)
+    assert (online.log_softmax(-1) - reference[len(prompt):]).abs().max() < 1e-4
+    slow = generate_slow(model, [prompt], Args(5, temperature=0))[0]
     assert len(slow) == 5
 
 
 def test_errors(model):
     bare = tiny_blt()
     with pytest.raises(UserError):
-        bg.generate(bare, [b"a"], max_new_bytes=4)  # no patcher attached
+        generate_blt(bare, [b"a"], Args(4))  # no patcher attached
     model.set_patching(StaticPatcher(4))
     with pytest.raises(UserError):
-        bg.generate(model, [b"a"], max_new_bytes=4, temperature=-1)
-    assert bg.generate(model, [b"a", b"b"], max_new_bytes=0) == [b"", b""]
+        generate_blt(model, [b"a"], Args(4, temperature=-1))
+    assert generate_blt(model, [b"a", b"b"], Args(0)) == [b"", b""]

@@ -10,7 +10,8 @@ from blt.models.blt import BLTConfig, ByteLatentTransformer, complete_starts
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.hash_ngram import HASH_PRIMES, ngram_hashes
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import online_entropies
+from blt.evaluation.scorer import blt_scores
+from blt.patching.entropy import online_entropies, window_starts
 from blt.patching.patchers import EntropyPatcher, SpacePatcher, StaticPatcher
 from blt.vocab import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, encode
 
@@ -290,17 +291,17 @@ def test_entropy_model_is_frozen_and_saved_with_the_model():
     assert model.training and not model.entropy_model.training
     window = encode(TEXT)[None]
     ent = online_entropies(em, window)
-    assert torch.equal(model.patch_starts(window), EntropyPatcher(theta=1.0).starts(window, ent))
+    assert torch.equal(window_starts(model, window), EntropyPatcher(theta=1.0).starts(window, ent))
 
 
-def test_patch_starts_needs_a_patcher():
+def test_window_starts_needs_a_patcher():
     model = tiny_model()
     with pytest.raises(UserError):
-        model.patch_starts(encode(TEXT)[None])
+        window_starts(model, encode(TEXT)[None])
 
 
 @pytest.mark.parametrize("kind", ["static", "entropy"])
-def test_score_documents_matches_a_forward_pass(kind):
+def test_scores_match_a_forward_pass_and_slide_past_the_context(kind):
     model = tiny_model()
     model.eval()
     em = entropy_model(1)
@@ -310,19 +311,25 @@ def test_score_documents_matches_a_forward_pass(kind):
         sample = encode(TEXT)[None]
         theta = float(online_entropies(em, sample)[0, 2:].median())
         model.set_patching(EntropyPatcher(theta), em)
+    C = model.cfg.context
     short = np.frombuffer(TEXT[:40], dtype=np.uint8)
-    long = np.frombuffer(TEXT * 4, dtype=np.uint8)  # 180 bytes, context 64: several windows
-    scores = model.score_documents([short, long], batch_size=3)
+    long = np.frombuffer(TEXT * 4, dtype=np.uint8)  # 180 bytes, context 64
+    scores = blt_scores(model, [short, long], batch_size=3)
     assert [len(s) for s in scores] == [len(short), len(long)]
     assert all(np.isfinite(s).all() for s in scores)
-    # a document that fits one window: one forward over [BOS, bytes], patched online
-    window = encode(TEXT[:40])[None]
-    logits = model(window[:, :-1], model.patch_starts(window))
-    want = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="none")
-    np.testing.assert_allclose(scores[0], want.detach().numpy(), atol=1e-5)
-    # the long one's first window sees exactly what a one-window document of 64 bytes sees
-    head = model.score_documents([long[:64]])[0]
-    np.testing.assert_allclose(scores[1][:64], head, atol=1e-5)
-    # a later stride (default 32) is scored with 32 bytes of left context, not from scratch
-    fresh = model.score_documents([long[64:96]])[0]
-    assert np.abs(scores[1][64:96] - fresh).max() > 1e-3
+    # any document within one scoring window (4 contexts): one forward over [BOS, bytes]
+    for doc, got in zip([short, long], scores):
+        window = encode(doc.tobytes())[None]
+        logits = model(window[:, :-1], window_starts(model, window))
+        want = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="none")
+        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5)
+    # the first C bytes see what a one-context document sees; later bytes see C - 1 bytes of
+    # left context (every level slides), never the whole document and never less than that
+    np.testing.assert_allclose(scores[1][:C], blt_scores(model, [long[:C]])[0], atol=1e-5)
+    fresh = blt_scores(model, [long[C : 2 * C]])[0]
+    assert np.abs(scores[1][C : 2 * C] - fresh).max() > 1e-3
+    # chunked (every job with C - 1 bytes before it) the bytes near a chunk's start lose only
+    # what lay beyond the receptive field of those C - 1 bytes
+    chunked = blt_scores(model, [long], chunk=48)[0]
+    np.testing.assert_allclose(chunked[:48], scores[1][:48], atol=1e-5)
+    assert np.isfinite(chunked).all() and abs(chunked.mean() - scores[1].mean()) < 0.05

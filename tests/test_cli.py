@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from blt.checkpoint import load_model, save_checkpoint
 from blt.config import from_dict, save_yaml
-from blt.evaluate import evaluate_split
 from blt.data.corpus import load_corpus
-from blt.run import RunConfig, build_model
+from blt.evaluation.bpb import evaluate_split
+from blt.inference.args import GenerationArgs
+from blt.runs.checkpoint import save_checkpoint
+from blt.runs.config import RunConfig
+from blt.runs.kinds import build_model
+from blt.runs.loading import open_run
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -74,8 +77,9 @@ def test_eval_prints_json_last_matching_in_process_eval(run_dir):
     proc = blt("eval", run_dir, "--max-bytes", 3000)
     assert proc.returncode == 0, proc.stderr.decode()
     summary = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    model, cfg = load_model(run_dir)
-    expected = evaluate_split(model, load_corpus(str(SHAKESPEARE)).split("val"), 3000)
+    run = open_run(run_dir, "cpu")
+    model = run.model
+    expected = evaluate_split(run.scores, load_corpus(str(SHAKESPEARE)).split("val"), 3000)
     assert summary["bytes"] == 3000 and summary["split"] == "val" and summary["step"] == 7
     assert summary["params"] == sum(p.numel() for p in model.parameters())
     assert summary["corpus"] == str(SHAKESPEARE)
@@ -91,8 +95,7 @@ def test_score_binary_file(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     nats = np.load(out)
     assert nats.dtype == np.float32 and nats.shape == (len(data),)
-    model, _ = load_model(run_dir)
-    expected = model.score_documents([np.frombuffer(data, dtype=np.uint8)])[0]
+    expected = open_run(run_dir, "cpu").scores([np.frombuffer(data, dtype=np.uint8)])[0]
     np.testing.assert_allclose(nats, expected, rtol=1e-5)
     summary = json.loads(proc.stdout.decode())
     assert summary["bytes"] == len(data)
@@ -100,9 +103,8 @@ def test_score_binary_file(run_dir, tmp_path):
 
 
 def test_generate_text_raw_and_stream_agree(run_dir):
-    model, _ = load_model(run_dir)
     prompt = "Ünïcode: "
-    (expected,) = model.generate([prompt.encode()], max_new_bytes=40, temperature=0.9, seed=3)
+    (expected,) = open_run(run_dir, "cpu").generate([prompt.encode()], GenerationArgs(40, temperature=0.9, seed=3))
     args = ["generate", run_dir, "--prompt", prompt, "--max-new-bytes", 40, "--temperature", 0.9, "--seed", 3]
     raw = blt(*args, "--raw")
     assert raw.returncode == 0, raw.stderr.decode()

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _rank_main(config_path: str, out_dir: str, dump_dir: str) -> None:
     from blt.config import load_config
-    from blt.run import RunConfig
+    from blt.runs.config import RunConfig
     from blt.train import loop
 
     rank = int(os.environ["RANK"])
@@ -81,7 +81,7 @@ def test_two_cpu_ranks_train_in_lockstep(text_file, tmp_path):
     info = yaml.safe_load((out / "run.json").read_text())
     assert info["world_size"] == 2
 
-    from blt.checkpoint import load_model
+    from blt.runs.loading import load_model
 
     model, _ = load_model(out)
     for k, v in model.state_dict().items():

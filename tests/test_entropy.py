@@ -7,25 +7,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blt.checkpoint import save_checkpoint
 from blt.cli import main
 from blt.config import save_yaml
 from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
+from blt.evaluation.entropies import compute_entropies, split_entropies
+from blt.evaluation.scorer import byte_lm_scores
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.patching.bpe import BPETrie, load_bpe_vocab, save_bpe_vocab, train_bpe
 from blt.patching.calibration import calibrate_config, calibration_rows
-from blt.patching.entropy import (
-    compute_entropies,
-    load_entropy_file,
-    online_entropies,
-    prediction_entropies,
-    split_entropies,
-    write_entropy_file,
-)
+from blt.patching.entropy import online_entropies, prediction_entropies
+from blt.patching.entropy_file import load_entropy_file
 from blt.patching.patchers import PatcherConfig, build_patcher, mean_patch_size, patch_lengths
-from blt.run import RunConfig
+from blt.runs.checkpoint import save_checkpoint
+from blt.runs.config import RunConfig
+from blt.runs.kind_blt import write_run_entropies as write_entropy_file
 from blt.vocab import BOS_ID, EOS_ID
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -91,14 +88,14 @@ def test_online_entropies_reset_at_documents_and_rows():
     assert torch.allclose(online_entropies(model, batch)[0], h_both[0], atol=1e-6)
 
 
-def test_score_documents_is_unchanged_by_the_shared_windowing():
+def test_byte_scores_equal_one_forward_within_the_context():
     model = tiny_model(window=None, context=256)
     doc = random_docs([40], seed=3)[0]
     ids = torch.tensor([BOS_ID, *doc.tolist()])[None]
     with torch.no_grad():
         logp = F.log_softmax(model(ids[:, :-1]), dim=-1)[0]  # (40, V)
     want = -logp[torch.arange(40), ids[0, 1:]]
-    np.testing.assert_allclose(model.score_documents([doc])[0], want.numpy(), atol=1e-5)
+    np.testing.assert_allclose(byte_lm_scores(model, [doc])[0], want.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------- entropy file
@@ -216,7 +213,7 @@ def test_bpe_training_is_deterministic_and_round_trips(tmp_path):
     assert tokens == train_bpe(data, 400, sample_bytes=100_000)
     assert len(tokens) == 400 and tokens[:256] == [bytes([b]) for b in range(256)]
     assert len(set(tokens)) == 400 and b" the" in tokens
-    assert load_bpe_vocab(save_bpe_vocab(tokens, tmp_path)) == tokens
+    assert load_bpe_vocab(save_bpe_vocab(tokens, tmp_path / "bpe_vocab.json")) == tokens
     with pytest.raises(UserError):
         load_bpe_vocab(tmp_path / "missing.json")
     trie = BPETrie(tokens)

@@ -1,10 +1,10 @@
-"""FLOP formulas (blt.flops) against FlopCounterMode on real forward and backward passes."""
+"""FLOP formulas (blt.evaluation.flops) against FlopCounterMode on real forward and backward passes."""
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from blt.errors import UserError
-from blt.flops import (
+from blt.evaluation.flops import (
     attention_span,
     blt_flops,
     bpe_lm_flops,

@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-import blt.generate as gen
+import blt.inference.byte_lm as gen
+from blt.inference.args import GenerationArgs as Args
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.masks import attention_mask
-from blt.sampling import sample_next
+from blt.inference.sampling import sample_next
 from blt.vocab import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, encode
 
 
@@ -58,7 +59,7 @@ def full_forward(model, ids: torch.Tensor) -> torch.Tensor:
 def test_cached_logits_equal_full_forward(recorded, monkeypatch, window, prompt, n_new, chunk):
     monkeypatch.setattr(gen, "PREFILL_CHUNK", chunk)
     model = tiny_lm(context=16, window=window, n_kv_heads=2)
-    out = gen.generate_bytes(model, [prompt], max_new_bytes=n_new, temperature=0)[0]
+    out = gen.generate_bytes(model, [prompt], Args(max_new_bytes=n_new, temperature=0))[0]
     assert len(out) == n_new  # an untrained model's argmax here is never EOS (else the test would be weaker)
     ids = encode(prompt + out)
     ref = full_forward(model, ids)  # (T, V)
@@ -71,7 +72,7 @@ def test_long_prompt_truncated_from_the_left(recorded):
     model = tiny_lm(context=16)
     prompt = bytes(range(65, 65 + 40))
     with pytest.warns(gen.PromptTruncated, match="last 16 bytes"):
-        out = gen.generate_bytes(model, [prompt], max_new_bytes=5, temperature=0)[0]
+        out = gen.generate_bytes(model, [prompt], Args(max_new_bytes=5, temperature=0))[0]
     # The model continued the last 16 bytes, without BOS, at positions 0..15.
     ref = full_forward(model, encode(prompt[-16:] + out, bos=False))
     torch.testing.assert_close(torch.cat(recorded), ref[15:20], atol=1e-5, rtol=1e-5)
@@ -80,12 +81,12 @@ def test_long_prompt_truncated_from_the_left(recorded):
 def test_greedy_is_deterministic_and_batch_equals_single(recorded):
     model = tiny_lm(context=32, window=8)
     prompts = [b"x", b"a longer prompt here", b"", b"mid-size"]
-    batched = gen.generate_bytes(model, prompts, max_new_bytes=24, temperature=0)
+    batched = gen.generate_bytes(model, prompts, Args(max_new_bytes=24, temperature=0))
     batched_logits = torch.stack(recorded, dim=1)  # (B, steps, V)
-    assert batched == gen.generate_bytes(model, prompts, max_new_bytes=24, temperature=0)
+    assert batched == gen.generate_bytes(model, prompts, Args(max_new_bytes=24, temperature=0))
     for r, p in enumerate(prompts):
         recorded.clear()
-        single = gen.generate_bytes(model, [p], max_new_bytes=24, temperature=0)
+        single = gen.generate_bytes(model, [p], Args(max_new_bytes=24, temperature=0))
         assert single == [batched[r]]
         torch.testing.assert_close(torch.cat(recorded), batched_logits[r], atol=1e-5, rtol=1e-5)
     assert len(set(batched)) > 1  # rows really differ, so a mixed-up row would be caught
@@ -94,24 +95,24 @@ def test_greedy_is_deterministic_and_batch_equals_single(recorded):
 def test_topk1_and_tiny_topp_equal_greedy():
     model = tiny_lm()
     prompts = [b"abc", b"hello world"]
-    greedy = model.generate(prompts, max_new_bytes=20, temperature=0)
-    assert model.generate(prompts, max_new_bytes=20, temperature=1.5, top_k=1, seed=1) == greedy
-    assert model.generate(prompts, max_new_bytes=20, temperature=1.5, top_p=1e-6, seed=2) == greedy
+    greedy = gen.generate_bytes(model, prompts, Args(max_new_bytes=20, temperature=0))
+    assert gen.generate_bytes(model, prompts, Args(max_new_bytes=20, temperature=1.5, top_k=1, seed=1)) == greedy
+    assert gen.generate_bytes(model, prompts, Args(max_new_bytes=20, temperature=1.5, top_p=1e-6, seed=2)) == greedy
 
 
 def test_seed_reproduces_and_seeds_differ():
     model = tiny_lm()
-    a = model.generate([b"abc"], max_new_bytes=40, temperature=1.0, seed=7)
-    assert a == model.generate([b"abc"], max_new_bytes=40, temperature=1.0, seed=7)
-    assert a != model.generate([b"abc"], max_new_bytes=40, temperature=1.0, seed=8)
-    assert a != model.generate([b"abc"], max_new_bytes=40, temperature=0)
+    a = gen.generate_bytes(model, [b"abc"], Args(max_new_bytes=40, temperature=1.0, seed=7))
+    assert a == gen.generate_bytes(model, [b"abc"], Args(max_new_bytes=40, temperature=1.0, seed=7))
+    assert a != gen.generate_bytes(model, [b"abc"], Args(max_new_bytes=40, temperature=1.0, seed=8))
+    assert a != gen.generate_bytes(model, [b"abc"], Args(max_new_bytes=40, temperature=0))
 
 
 def test_rows_stop_at_eos_and_after_max_new_bytes(monkeypatch):
     model = tiny_lm()
     x, y = ord("x"), ord("y")
     scripted(monkeypatch, [[x, y], [EOS_ID, y], [x, y], [x, y]])
-    assert gen.generate_bytes(model, [b"a", b"bb"], max_new_bytes=3) == [b"x", b"yyy"]
+    assert gen.generate_bytes(model, [b"a", b"bb"], Args(max_new_bytes=3)) == [b"x", b"yyy"]
 
 
 def test_stop_strings_and_streaming(monkeypatch):
@@ -120,13 +121,13 @@ def test_stop_strings_and_streaming(monkeypatch):
     scripted(monkeypatch, [[c] for c in text])
     chunks = []
     on_bytes = lambda row, data: chunks.append(data)  # noqa: E731
-    out = gen.generate_bytes(model, [b"p"], max_new_bytes=len(text), stop=[b"XY"], on_bytes=on_bytes)
+    out = gen.generate_bytes(model, [b"p"], Args(len(text), stop=(b"XY",)), on_bytes=on_bytes)
     assert out == [b"abXcd"]
     assert chunks == [b"a", b"b", b"Xc", b"d"]  # an X waits until it is clearly not the stop string
 
     scripted(monkeypatch, [[c] for c in text])
     chunks.clear()
-    out = gen.generate_bytes(model, [b"p"], max_new_bytes=len(text), stop=[b"Xq"], on_bytes=on_bytes)
+    out = gen.generate_bytes(model, [b"p"], Args(len(text), stop=(b"Xq",)), on_bytes=on_bytes)
     assert out == [text] and chunks == [b"a", b"b", b"Xc", b"d", b"XY", b"e", b"f"]
 
 
@@ -138,21 +139,21 @@ def test_streaming_reports_rows_in_order_of_production():
     def on_bytes(row, data):
         got[row] += data
 
-    outs = gen.generate_bytes(model, prompts, max_new_bytes=12, temperature=0.8, seed=3, on_bytes=on_bytes)
+    outs = gen.generate_bytes(model, prompts, Args(max_new_bytes=12, temperature=0.8, seed=3), on_bytes=on_bytes)
     assert [got[i] for i in range(3)] == outs
 
 
 def test_bad_generation_arguments():
     model = tiny_lm()
     with pytest.raises(UserError, match="max-new-bytes"):
-        gen.generate_bytes(model, [b"a"], max_new_bytes=-1)
+        gen.generate_bytes(model, [b"a"], Args(max_new_bytes=-1))
     with pytest.raises(UserError, match="temperature"):
-        gen.generate_bytes(model, [b"a"], temperature=-0.5)
+        gen.generate_bytes(model, [b"a"], Args(temperature=-0.5))
     with pytest.raises(UserError, match="top-k"):
-        gen.generate_bytes(model, [b"a"], top_k=0)
+        gen.generate_bytes(model, [b"a"], Args(top_k=0))
     with pytest.raises(UserError, match="top-p"):
-        gen.generate_bytes(model, [b"a"], top_p=1.5)
-    assert gen.generate_bytes(model, [b"a", b"b"], max_new_bytes=0) == [b"", b""]
+        gen.generate_bytes(model, [b"a"], Args(top_p=1.5))
+    assert gen.generate_bytes(model, [b"a", b"b"], Args(max_new_bytes=0)) == [b"", b""]
 
 
 def test_sampler_never_emits_bos_or_pad_and_respects_top_k_top_p():

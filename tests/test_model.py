@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from blt.evaluation.scorer import byte_lm_scores
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.masks import attention_mask, document_ids
 from blt.models.transformer import Attention, Rotary, TransformerConfig, apply_rotary
@@ -125,11 +126,11 @@ def test_byte_lm_is_causal(window, docs):
     assert later_changed  # the perturbation does reach later positions: the check above can fail
 
 
-def test_score_documents_equals_per_byte_reference():
+def test_scores_equal_per_byte_reference():
     model = tiny_lm(context=24)
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1, 7, 20, 23)]
-    got = model.score_documents(docs, batch_size=3)
+    got = byte_lm_scores(model, docs, batch_size=3)
     with torch.no_grad():
         for doc, nats in zip(docs, got):
             seq = encode(bytes(doc))
@@ -137,12 +138,12 @@ def test_score_documents_equals_per_byte_reference():
             np.testing.assert_allclose(nats, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_score_documents_long_document_uses_windowed_context():
+def test_long_documents_use_the_windowed_context():
     """Past the context, each chunk is run with the W-1 positions before it (W = min(window, context))."""
     model = tiny_lm(context=16, window=6)
     W, chunk = 6, 10
     doc = np.random.default_rng(1).integers(0, 256, 37, dtype=np.uint8)
-    got = model.score_documents([doc], chunk=chunk)[0]
+    got = byte_lm_scores(model, [doc], chunk=chunk)[0]
     seq = encode(bytes(doc))
     ref = []
     with torch.no_grad():

@@ -2,11 +2,12 @@
 
 The prediction made at input position p (for the id at p+1) may depend on ids[:p+1] only. For
 every patcher and every byte position j of a short window, the window is copied with byte j
-changed, patch boundaries are recomputed from the CHANGED window (`model.patch_starts`: for
+changed, patch boundaries are recomputed from the CHANGED window (`window_starts`: for
 entropy patchers the entropy model runs on it again), and the logits (so the log-probs) at
 every input position p < j must stay put (fp32, atol 1e-5). Predictions at p >= j must move for
 some j, or the check proves nothing. The same check, run on a model whose decoder reads the
-target's own patch (patch(p+1) instead of patch(p+1) - 1), must fail.
+target's own patch (patch(p+1) instead of patch(p+1) - 1), must fail. Windows longer than the
+model's context (scoring, where every level slides) are checked too.
 """
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import online_entropies
+from blt.patching.entropy import online_entropies, window_starts
 from blt.patching.patchers import (
     BPEPatcher,
     BytePatcher,
@@ -82,9 +83,9 @@ class TargetPatchBLT(ByteLatentTransformer):
         return torch.minimum(patch[:, 1:], last_input_patch)
 
 
-def build(cls=ByteLatentTransformer, patcher_name="static"):
+def build(cls=ByteLatentTransformer, patcher_name="static", context=64):
     cfg = BLTConfig(
-        context=64,
+        context=context,
         latent_context=6,  # the latent's patch window is exercised too
         encoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, window=8),
         latent=TransformerConfig(dim=32, n_layers=1, n_heads=2),
@@ -119,7 +120,7 @@ def perturbations(window: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 def leak_check(model: ByteLatentTransformer, window: torch.Tensor) -> dict:
     """Largest logit change before and at/after the changed byte, over every j."""
     batch, positions = perturbations(window)
-    starts = model.patch_starts(batch)  # recomputed from each changed window
+    starts = window_starts(model, batch)  # recomputed from each changed window
     logits = model(batch[:, :-1], starts)  # (1 + J, T, V)
     early = late = 0.0
     starts_moved = False
@@ -151,3 +152,14 @@ def test_the_check_catches_a_decoder_reading_the_target_patch(patcher_name):
     for name, window in windows().items():
         report = leak_check(model, window)
         assert report["early"] > 1e-3, f"the broken decoder went unnoticed on {name}: {report}"
+
+
+@pytest.mark.parametrize("patcher_name", ["static", "space", "entropy", "bpe"])
+def test_no_leak_in_windows_longer_than_the_context(patcher_name):
+    """Context 12, windows of ~37: byte levels slide, the latent sees patches starting within
+    the last 12 bytes (the scoring path), and still nothing later than p reaches p."""
+    model = build(patcher_name=patcher_name, context=12)
+    for name, window in windows().items():
+        report = leak_check(model, window)
+        assert report["early"] <= ATOL, f"{patcher_name} leaks the future on {name}: {report}"
+        assert report["late"] > 1e-3, f"changing a byte moved nothing on {name}: {report}"

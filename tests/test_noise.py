@@ -1,4 +1,4 @@
-"""Noise kinds (blt.noise) and the robustness scoring on clean continuations."""
+"""Noise kinds (blt.evaluation.noise) and the robustness scoring on clean continuations."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,10 @@ import torch
 
 from blt.cli import main
 from blt.errors import UserError
-from blt.noise import (
+from blt.config import from_dict
+from blt.runs.config import RunConfig
+from blt.train.loop import train
+from blt.evaluation.noise import (
     NOISE_KINDS,
     char_starts,
     check_noise,
@@ -145,15 +148,14 @@ def test_pairs_tile_the_document_and_cut_at_word_starts():
     assert scoring_pairs([doc[:50]], 60, 20) == []
 
 
-class CountingModel(torch.nn.Module):
+class CountingScorer:
     """A stand-in scorer: each byte costs 1 nat plus 1 per upper-case letter before it in the
     document, so noise in the prefix shows up only through the context."""
 
     def __init__(self):
-        super().__init__()
         self.seen: list[bytes] = []
 
-    def score_documents(self, docs, batch_size=16):
+    def __call__(self, docs):
         out = []
         for d in docs:
             b = bytes(d)
@@ -165,7 +167,7 @@ class CountingModel(torch.nn.Module):
 
 def test_robustness_scores_clean_continuations_after_noised_prefixes():
     pairs = scoring_pairs([_doc(300, seed=1)], prefix=60, continuation=20)
-    model = CountingModel()
+    model = CountingScorer()
     r = robustness(model, pairs, {"uppercase": 1.0, "drop": 0.5}, seed=0)
     n = sum(len(b) for _, b in pairs)
     assert r["bytes"] == n and r["pairs"] == len(pairs)
@@ -183,10 +185,6 @@ def test_robustness_scores_clean_continuations_after_noised_prefixes():
 
 
 def test_blt_eval_reports_noised_and_clean_bpb(tmp_path, text_file, capsys):
-    from blt.config import from_dict
-    from blt.run import RunConfig
-    from blt.train.loop import train
-
     torch.manual_seed(0)
     cfg = from_dict(RunConfig, {
         "model": {"dim": 32, "n_layers": 1, "n_heads": 2, "context": 64},

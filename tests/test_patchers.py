@@ -10,7 +10,8 @@ from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, ByteLMConfig
-from blt.patching.entropy import SplitEntropies, online_entropies
+from blt.patching.entropy import online_entropies
+from blt.patching.entropy_file import SplitEntropies
 from blt.patching.patchers import (
     BPEPatcher,
     CombinedEntropyPatcher,

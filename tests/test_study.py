@@ -1,4 +1,4 @@
-"""The equal-FLOP study (blt.study): the micro config end to end, its report, skipping and resuming."""
+"""The equal-FLOP study (blt.experiments.study): the micro config end to end, its report, skipping and resuming."""
 from __future__ import annotations
 
 import csv
@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from blt.evaluation.flops import byte_lm_flops
+from blt.runs.config import load_run_config
+
 from blt.cli import main
 from blt.config import load_config
-from blt.study import StudyConfig, budget_label, run_study
+from blt.experiments.study import StudyConfig, budget_label, run_study
 from blt.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +77,6 @@ def test_plots_are_valid_pngs(micro):
 
 
 def test_equal_budgets_spend_about_equal_flops(micro):
-    from blt.flops import byte_lm_flops
-    from blt.run import load_run_config
-
     out, study, rows = micro
     for budget in study.budgets:
         spent = {c: float(rows[(c, budget)]["train_flops"]) for c in study.cells}
@@ -106,11 +106,11 @@ def _no_training(monkeypatch):
 
 
 def test_rerun_skips_finished_cells(micro, monkeypatch):
-    import blt.study
+    import blt.experiments.study
 
     out, study, rows = micro
     _no_training(monkeypatch)
-    monkeypatch.setattr(blt.study, "evaluate_cell", lambda *a, **k: pytest.fail("a finished cell was re-evaluated"))
+    monkeypatch.setattr(blt.experiments.study, "evaluate_cell", lambda *a, **k: pytest.fail("a finished cell was re-evaluated"))
     summary = run_study(study, out, progress=False)
     assert summary["complete"]
     assert {(r["cell"], r["budget"]) for r in summary["cells"]} == set(rows)
@@ -131,13 +131,15 @@ def test_a_trained_cell_without_result_is_only_evaluated(micro, tmp_path, monkey
 def test_interrupted_cell_resumes_from_its_checkpoint(micro, tmp_path, monkeypatch):
     """A SIGTERM in the middle of a cell stops the study; rerunning continues that cell to the
     same model and the same FLOP count as the uninterrupted study."""
-    import blt.train.loop as loop
+    import dataclasses
+
+    from blt.runs.kinds import KINDS
 
     _, study, rows = micro
     budget = study.budgets[0]
     overrides = _overrides(tmp_path) + [f"budgets=[{budget}]", "cells=[byte]", "train.ckpt_every=4"]
     small = load_config(StudyConfig, CONFIG, overrides)
-    real = loop.make_sampler
+    real = KINDS["byte"].sampler
 
     class Interrupting:
         def __init__(self, inner):
@@ -149,7 +151,7 @@ def test_interrupted_cell_resumes_from_its_checkpoint(micro, tmp_path, monkeypat
             return self.inner.batch(step, micro)
 
     with monkeypatch.context() as m:
-        m.setattr(loop, "make_sampler", lambda *a: Interrupting(real(*a)))
+        m.setitem(KINDS, "byte", dataclasses.replace(KINDS["byte"], sampler=lambda *a: Interrupting(real(*a))))
         first = run_study(small, tmp_path / "s", progress=False)
     run_dir = tmp_path / "s" / "cells" / budget_label(budget) / "byte"
     assert not first["complete"] and not (run_dir / "result.json").exists()
@@ -174,7 +176,7 @@ def test_bad_or_changed_configs_are_user_errors(micro, tmp_path):
 
 @pytest.mark.parametrize("name", ["study_micro", "study_cpu", "study_gpu"])
 def test_shipped_configs_build_every_cell(name, tmp_path):
-    from blt.study import cell_run_config, entropy_run_config
+    from blt.experiments.study import cell_run_config, entropy_run_config
 
     study = load_config(StudyConfig, REPO / "configs" / f"{name}.yaml")
     assert len(study.budgets) >= 2 and sorted(study.budgets) == study.budgets

@@ -13,19 +13,23 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from blt.checkpoint import latest_checkpoint, load_model
-from blt.commands.eval import evaluate_run
 from blt.config import from_dict
-from blt.data import tokens as T
+from blt.data import bpe
 from blt.data.corpus import ByteSplit, load_corpus
 from blt.data.tokens import BOS, EOS, PAD, TokenWindowSampler, cached_tokens, load_tokenizer, train_tokenizer
 from blt.errors import UserError
-from blt.evaluate import evaluate_split, split_documents
-from blt.flops import bpe_lm_flops
+from blt.evaluation.bpb import evaluate_split, split_documents
+from blt.evaluation.flops import bpe_lm_flops
 from blt.models.masks import attention_mask
 from blt.models.token_lm import TokenLM, TokenLMConfig
-from blt.run import RunConfig, build_model
-from blt.train import bpe_setup, loop
+from blt.evaluation.scorer import token_lm_scores
+from blt.runs import kind_bpe
+from blt.runs.checkpoint import latest_checkpoint
+from blt.runs.config import RunConfig
+from blt.runs.evaluate import evaluate_run
+from blt.runs.kinds import KINDS, build_model
+from blt.runs.loading import open_run
+from blt.train import loop
 from blt.train.metrics import read_metrics
 
 VOCAB = 320
@@ -70,7 +74,7 @@ def test_tokenizer_round_trips_any_bytes_exactly(tok, monkeypatch):
     assert len(tok.encode(docs[0])) < 0.8 * len(docs[0])  # merges are used: the round trip is not trivial
     # long documents are encoded in slices, to the very same ids
     whole = [tok.encode(d) for d in docs[:2]]
-    monkeypatch.setattr(T, "SLICE_CHARS", 100)
+    monkeypatch.setattr(bpe, "SLICE_CHARS", 100)
     for doc, ids in zip(docs[:2], whole):
         np.testing.assert_array_equal(tok.encode(doc), ids)
 
@@ -78,7 +82,7 @@ def test_tokenizer_round_trips_any_bytes_exactly(tok, monkeypatch):
 def test_tokens_never_cross_pieces(tok):
     """Every boundary of the GPT-2-like piece rule is a token boundary."""
     doc = _text(4000)
-    pieces = T.PIECE_RULE.findall(doc.decode("latin-1"))
+    pieces = bpe.PIECE_RULE.findall(doc.decode("latin-1"))
     piece_ends = set(np.cumsum([len(p) for p in pieces]).tolist())
     token_ends = set(np.cumsum([len(tok.token_bytes[i]) for i in tok.encode(doc)]).tolist())
     assert piece_ends <= token_ends
@@ -91,9 +95,8 @@ def test_tokenizer_is_deterministic_saved_exactly_and_checked(tok, tmp_path):
     assert 259 < tok.vocab_size <= VOCAB
     assert tok.token_bytes[:3] == [b"", b"", b""]
     assert sorted(tok.token_bytes[3:259]) == [bytes([b]) for b in range(256)]  # then every single byte
-    path = tok.save(tmp_path)
-    assert path == tmp_path / "tokenizer.json"
-    loaded = load_tokenizer(tmp_path)
+    path = tok.save(tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(path)
     assert loaded.sha256 == tok.sha256 and loaded.token_bytes == tok.token_bytes
     doc = _text(2000)
     np.testing.assert_array_equal(loaded.encode(doc), tok.encode(doc))
@@ -132,14 +135,14 @@ def test_token_lm_is_causal(tok, window, docs):
     assert later_changed  # the perturbation does reach later positions: the check above can fail
 
 
-def test_score_documents_sums_to_the_token_nll(tok):
+def test_scores_sum_to_the_token_nll(tok):
     """Per-byte nats hold each token's nats on its last byte; a document's sum is its token NLL."""
     model = tiny_model(tok, context=64)
     rng = np.random.default_rng(0)
     text = _text(6000)
     docs = [np.frombuffer(text[a : a + n], dtype=np.uint8) for a, n in ((0, 1), (100, 37), (900, 120), (3000, 5))]
     docs.append(rng.integers(0, 256, 40, dtype=np.uint8))
-    got = model.score_documents(docs, batch_size=2)
+    got = token_lm_scores(model, docs, batch_size=2)
     with torch.no_grad():
         for doc, per_byte in zip(docs, got):
             ids = tok.encode(doc)
@@ -151,7 +154,7 @@ def test_score_documents_sums_to_the_token_nll(tok):
             ends = np.cumsum([len(tok.token_bytes[i]) for i in ids]) - 1
             assert set(np.flatnonzero(per_byte).tolist()) <= set(ends.tolist())
     # a document's values do not depend on what else is in its batch
-    alone = model.score_documents(docs[2:3], batch_size=1)[0]
+    alone = token_lm_scores(model, docs[2:3], batch_size=1)[0]
     np.testing.assert_allclose(alone, got[2], rtol=1e-5, atol=1e-6)
 
 
@@ -162,7 +165,9 @@ def test_long_documents_use_the_windowed_context(tok):
     doc = _text(400)
     ids = tok.encode(doc)
     assert len(ids) > 3 * chunk
-    got = model.token_nats([ids], chunk=chunk)[0]
+    lengths = model.token_lengths.numpy()
+    per_byte = token_lm_scores(model, [np.frombuffer(doc, np.uint8)], chunk=chunk)[0]
+    got = per_byte[np.cumsum(lengths[ids]) - 1]  # each token's nats sit on its last byte
     seq = torch.from_numpy(np.concatenate([[BOS], ids]))
     ref = []
     with torch.no_grad():
@@ -173,8 +178,7 @@ def test_long_documents_use_the_windowed_context(tok):
             logits = model(ctx, positions=pos, mask=attention_mask(pos, pos, W))[0, -1]
             ref.append(F.cross_entropy(logits, seq[i + 1]).item())
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
-    total = model.score_documents([np.frombuffer(doc, np.uint8)], chunk=chunk)[0].sum(dtype=np.float64)
-    assert total == pytest.approx(sum(ref), rel=1e-5)
+    assert per_byte.sum(dtype=np.float64) == pytest.approx(sum(ref), rel=1e-5)
 
 
 def test_loss_counts_scored_tokens_and_their_bytes(tok):
@@ -211,7 +215,7 @@ def test_configs_and_sizes_are_checked(tok, tmp_path):
     assert lengths[:3] == [0, 0, 0] and lengths[3:259] == [1] * 256 and lengths[-8:] == [0] * 8
     assert lengths[: tok.vocab_size] == [len(t) for t in tok.token_bytes]
     with pytest.raises(UserError, match="generation is not implemented"):
-        model.generate([b"def "])
+        KINDS["bpe"].generate(model, [b"def "], None)
 
 
 # ---------------------------------------------------------------- token splits and windows
@@ -273,28 +277,28 @@ def test_tiny_bpe_run_learns_reloads_evaluates_and_resumes(text_file, tmp_path, 
     rows = read_metrics(out / "metrics.jsonl")
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, (rows[0]["loss"], rows[-1]["loss"])
     assert all(r["bytes"] > r["targets"] for r in rows)  # targets are tokens of more than a byte on average
-    tokenizer = load_tokenizer(out)
+    tokenizer = load_tokenizer(out / "tokenizer.json")
     assert (out / "tokens" / "train.bin").is_file() and tokenizer.vocab_size <= VOCAB
 
-    model, loaded_cfg = load_model(out)
-    assert isinstance(model, TokenLM) and loaded_cfg == cfg
+    run = open_run(out, "cpu")
+    assert isinstance(run.model, TokenLM) and run.cfg == cfg
     val = load_corpus(str(text_file)).split("val")
-    ev = evaluate_split(model, val, 2000)
+    ev = evaluate_split(run.scores, val, 2000)
     assert ev["bytes"] == 2000 and ev["bpb"] == pytest.approx(result["val_bpb"], rel=1e-6)
     assert 0 < ev["bpb"] < 8
 
-    summary = evaluate_run(model, loaded_cfg, max_bytes=2000)
+    summary = evaluate_run(run, max_bytes=2000)
     bpt = tokenizer.bytes_per_token(split_documents(val, 2000))
     assert summary["bytes_per_token"] == pytest.approx(bpt) and bpt > 1.2
     assert summary["flops_per_byte"] == pytest.approx(bpe_lm_flops(cfg.bpe, VOCAB, bpt).forward_per_byte)
-    per_token = loop.train_flops_per_position(cfg)
+    per_token = KINDS["bpe"].train_flops_per_position(cfg, {})
     assert per_token == pytest.approx(bpe_lm_flops(cfg.bpe, VOCAB, bpt).train_per_byte * bpt)
 
     # resume from the middle checkpoint: the tokenizer is reused, and the run ends where it did
     final = load_file(str(latest_checkpoint(out) / "model.safetensors"))
     tok_stamp = (out / "tokenizer.json").stat().st_mtime_ns
     (out / "checkpoints" / "LATEST").write_text("step_0000015")
-    monkeypatch.setattr(bpe_setup, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer retrained"))
+    monkeypatch.setattr(kind_bpe, "train_tokenizer", lambda *a, **k: pytest.fail("tokenizer retrained"))
     again = loop.train(cfg, out, resume=True)
     assert again["step"] == 30 and (out / "tokenizer.json").stat().st_mtime_ns == tok_stamp
     resumed = load_file(str(latest_checkpoint(out) / "model.safetensors"))

@@ -2,6 +2,7 @@
 survive crashes and signals, and the `blt train` command's handling of bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,11 +18,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from blt.checkpoint import latest_checkpoint, load_model
 from blt.config import from_dict
 from blt.data.corpus import resolve_corpus
 from blt.errors import UserError
-from blt.run import RunConfig, load_run_config
+from blt.runs.checkpoint import latest_checkpoint
+from blt.runs.config import RunConfig, load_run_config
+from blt.runs.kinds import KINDS
+from blt.runs.loading import load_model
 from blt.train import loop
 from blt.train.metrics import read_metrics
 from blt.train.optim import build_optimizer, build_scheduler, lr_factor
@@ -124,7 +127,7 @@ def test_tiny_run_learns_and_records_itself(text_file, tmp_path):
 
 def _interrupt_at(monkeypatch, stop_step: int, signum: int):
     """Make the run receive `signum` while it draws the batch of `stop_step`."""
-    real = loop.make_sampler
+    real = KINDS["byte"].sampler
 
     class Interrupting:
         def __init__(self, inner):
@@ -135,7 +138,7 @@ def _interrupt_at(monkeypatch, stop_step: int, signum: int):
                 os.kill(os.getpid(), signum)
             return self.inner.batch(step, micro)
 
-    monkeypatch.setattr(loop, "make_sampler", lambda cfg, corpus, rank, run_dir: Interrupting(real(cfg, corpus, rank, run_dir)))
+    monkeypatch.setitem(KINDS, "byte", dataclasses.replace(KINDS["byte"], sampler=lambda *a: Interrupting(real(*a))))
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(text_file, tmp_path, monkeypatch):

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from blt.commands.eval import add_device_arg
+from blt.commands.common import add_device_arg
+from blt.data.corpus import load_corpus, resolve_corpus
 from blt.errors import UserError
+from blt.runs.config import load_run_config
+from blt.runs.kind_blt import write_run_entropies
+from blt.runs.loading import pick_device
 
 
-def add_parser(sub):
-    p = sub.add_parser("entropies", help="precompute an entropy model's per-byte entropies for a corpus")
+def configure(p):
     p.add_argument("entropy_run", help="run directory of a byte-level entropy model")
     p.add_argument("--data", required=True, help="corpus: file, directory, glob, stdlib or enwik8")
     p.add_argument("--out", required=True, type=Path, help="directory to write entropies.f16/.json into")
@@ -30,20 +33,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from blt.data.corpus import load_corpus
-    from blt.patching.entropy import write_entropy_file
-    from blt.run import load_run_config
-    from blt.train.distributed import pick_device
-    from blt.data.corpus import resolve_corpus
-
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} is a file; --out takes a directory")
     load_run_config(args.entropy_run)  # a wrong run directory fails before the corpus is read
     corpus = load_corpus(resolve_corpus(args.data), args.splits, args.data_dir)
-    device = pick_device(args.device, local_rank=0)
-    stats = write_entropy_file(args.entropy_run, corpus, args.out, args.batch_size, device, not args.no_progress)
+    device = pick_device(args.device)
+    stats = write_run_entropies(args.entropy_run, corpus, args.out, args.batch_size, device, not args.no_progress)
     summary = {**stats, "out": str(args.out), "corpus": corpus.name, "entropy_run": str(args.entropy_run)}
     print(json.dumps(summary))
     return 0

@@ -4,7 +4,7 @@ Prints prompt + continuation. Bytes that are not valid UTF-8 still print (as U+F
 writes the exact bytes (prompt + continuation, no newline) to stdout's binary buffer instead.
 --stream prints bytes as the model produces them. A byte-level run cuts a prompt longer than
 its context from the left (a note on stderr says so); a BLT run keeps it all (its windows
-slide: see blt.blt_generate).
+slide: see blt.inference.blt).
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import codecs
 import sys
 import warnings
 
-from blt.commands.eval import add_device_arg, open_run
+from blt.commands.common import add_device_arg
+from blt.inference.args import GenerationArgs
+from blt.inference.byte_lm import PromptTruncated
+from blt.runs.loading import open_run
 
 
 class _Printer:
@@ -40,8 +43,7 @@ def _note(message, *_, **__) -> None:
     print(f"blt generate: note: {message}", file=sys.stderr)
 
 
-def add_parser(sub):
-    p = sub.add_parser("generate", help="continue a prompt with a trained run")
+def configure(p):
     p.add_argument("run", help="run directory")
     p.add_argument("--prompt", default="", help="text to continue (UTF-8); empty = start of a document")
     p.add_argument("--max-new-bytes", type=int, default=256)
@@ -57,12 +59,10 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from blt.generate import PromptTruncated, check_generation_args
-
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")  # non-UTF-8 argv bytes survive
-    stops = [s.encode("utf-8", errors="surrogateescape") for s in args.stop]
-    check_generation_args(args.max_new_bytes, args.temperature, args.top_k, args.top_p, stops)
-    model, _, _ = open_run(args.run, args.device)
+    stops = tuple(s.encode("utf-8", errors="surrogateescape") for s in args.stop)
+    gen = GenerationArgs(args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed, stops).check()
+    opened = open_run(args.run, args.device)
     if not args.raw:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?'
     out = _Printer(args.raw)
@@ -71,9 +71,8 @@ def run(args) -> int:
         warnings.showwarning = _note
         if args.stream:
             out.write(prompt)
-        (text,) = model.generate(  # ByteLM: blt.generate; BLT: blt.blt_generate (online patching)
-            [prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed, stops,
-            on_bytes=(lambda _, data: out.write(data)) if args.stream else None,
+        (text,) = opened.generate(  # the run's kind: KV-cached bytes, or BLT's online patching
+            [prompt], gen, on_bytes=(lambda _, data: out.write(data)) if args.stream else None
         )
         if not args.stream:
             out.write(prompt + text)

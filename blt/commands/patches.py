@@ -17,11 +17,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from blt.commands.eval import add_device_arg, open_run
-from blt.commands.score import read_input
+from blt.commands.common import add_device_arg
 from blt.errors import UserError
-from blt.patching.patchers import KINDS, PatcherConfig
+from blt.evaluation.entropies import compute_entropies
+from blt.files import read_input
+from blt.patching.bpe import load_bpe_vocab, train_bpe
+from blt.patching.calibration import calibrate_config
+from blt.patching.patchers import KINDS, PatcherConfig, build_patcher, mean_patch_size
+from blt.runs import layout
+from blt.runs.loading import open_run
+from blt.vocab import BOS_ID, EOS_ID
 
 COLOURS = ("\x1b[30;46m", "\x1b[30;43m")  # black on cyan, black on yellow
 RESET = "\x1b[0m"
@@ -36,21 +43,17 @@ class RunPatching:
 
 def patcher_for_run(run_dir: str, device: str = "auto") -> RunPatching:
     """How a run patches. Byte-level runs are entropy models and bring no patcher."""
-    model, cfg, _ = open_run(run_dir, device)
+    opened = open_run(run_dir, device)
+    model, cfg = opened.model, opened.cfg
     if cfg.model_kind == "byte":
         return RunPatching(config=None, entropy_model=model)
     if cfg.model_kind != "blt":
         raise UserError(f"{run_dir} is a '{cfg.model_kind}' run: give an entropy model (byte) run or a BLT run")
-    vocab = None
-    if cfg.patching.kind == "bpe":
-        from blt.patching.bpe import load_bpe_vocab
-
-        vocab = load_bpe_vocab(Path(run_dir) / "bpe_vocab.json")
+    vocab = load_bpe_vocab(Path(run_dir) / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     return RunPatching(config=cfg.patching, entropy_model=model.entropy_model, bpe_vocab=vocab)
 
 
-def add_parser(sub):
-    p = sub.add_parser("patches", help="show the patches a patcher cuts a file into")
+def configure(p):
     p.add_argument("run", help="entropy model run (byte-level) or BLT run")
     p.add_argument("--input", required=True, type=Path, help="file to patch (any bytes)")
     p.add_argument("--kind", choices=KINDS, help="patcher (default: the run's, or entropy)")
@@ -95,14 +98,6 @@ def render(data: bytes, starts: np.ndarray, colour: bool) -> bytes:
 
 
 def run(args) -> int:
-    import torch
-
-    from blt.patching.bpe import load_bpe_vocab, train_bpe
-    from blt.patching.calibration import calibrate_config
-    from blt.patching.entropy import compute_entropies
-    from blt.patching.patchers import build_patcher, mean_patch_size
-    from blt.vocab import BOS_ID, EOS_ID
-
     if args.max_bytes < 1:
         raise UserError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     data = read_input(args.input)[: args.max_bytes]
@@ -112,7 +107,8 @@ def run(args) -> int:
     vocab = patching.bpe_vocab
     if cfg.kind == "bpe" and (args.bpe_vocab or vocab is None):
         if args.bpe_vocab:
-            vocab = load_bpe_vocab(args.bpe_vocab)
+            path = Path(args.bpe_vocab)
+            vocab = load_bpe_vocab(path / layout.BPE_VOCAB if path.is_dir() else path)
         else:
             msg = f"blt patches: learning a {args.bpe_vocab_size}-token BPE vocabulary from the file"
             print(msg, file=sys.stderr)

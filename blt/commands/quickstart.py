@@ -22,7 +22,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blt.config import from_dict, merge, parse_overrides
 from blt.errors import UserError
+from blt.inference.args import GenerationArgs
+from blt.runs import layout
+from blt.runs.config import RunConfig
+from blt.runs.evaluate import evaluate_run
+from blt.runs.loading import open_run
+from blt.train.loop import train
 
 DATA = {"corpus": "stdlib", "max_bytes": 2_000_000, "batch_size": 16}
 ENTROPY_CONFIG = {
@@ -59,13 +66,11 @@ class Quickstart:
     eval_bytes: int | None
     sample_bytes: int
     results: dict = field(default_factory=dict)
-    model: object = None  # the trained model, reloaded from the run directory by step_evaluate
+    run: object = None  # the trained BLT (an OpenRun), reloaded from its run directory by step_evaluate
     stopped: str | None = None  # set by a step that ends the pipeline early (Ctrl-C)
 
 
 def _train(qs: Quickstart, name: str, cfg, out: Path) -> None:
-    from blt.train.loop import train
-
     result = train(cfg, out)
     qs.results[name] = {k: result[k] for k in ("step", "bpb", "val_bpb", "elapsed", "bytes_per_s") if k in result}
     if result.get("interrupted"):
@@ -81,11 +86,9 @@ def step_train_blt(qs: Quickstart) -> None:
 
 
 def step_evaluate(qs: Quickstart) -> None:
-    from blt.commands.eval import evaluate_run, open_run
-
-    qs.model, cfg, step = open_run(str(qs.out / "blt"), "auto")
-    result = evaluate_run(qs.model, cfg, max_bytes=qs.eval_bytes)
-    qs.results["eval"] = {**result, "step": step}
+    qs.run = open_run(qs.out / "blt", "auto")
+    result = evaluate_run(qs.run, max_bytes=qs.eval_bytes)
+    qs.results["eval"] = {**result, "step": qs.run.step}
     print(
         f"BLT val bpb {result['bpb']:.4f} over {result['bytes']:,} bytes of {result['corpus']} [val]; "
         f"mean patch size {result['mean_patch_size']:.2f} bytes (theta {result['theta']:.3f} nats, "
@@ -94,7 +97,7 @@ def step_evaluate(qs: Quickstart) -> None:
 
 
 def step_sample(qs: Quickstart) -> None:
-    (text,) = qs.model.generate([PROMPT], max_new_bytes=qs.sample_bytes, temperature=0.8, top_k=50, seed=0)
+    (text,) = qs.run.generate([PROMPT], GenerationArgs(max_new_bytes=qs.sample_bytes, temperature=0.8, top_k=50))
     sample = (PROMPT + text).decode("utf-8", errors="replace")
     qs.results["sample"] = sample
     print(f"sample (temperature 0.8, top-k 50, seed 0):\n{sample}")
@@ -108,8 +111,7 @@ STEPS = [
 ]
 
 
-def add_parser(sub):
-    p = sub.add_parser("quickstart", help="train, evaluate and sample a small model in a few minutes (offline)")
+def configure(p):
     p.add_argument("--out", default="runs/quickstart", help="directory for both runs (default runs/quickstart)")
     p.add_argument("--eval-bytes", type=int, default=EVAL_BYTES, help="evaluate on the first N val bytes (0 = all)")
     p.add_argument("--sample-bytes", type=int, default=300, help="length of the sample")
@@ -118,12 +120,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from blt.checkpoint import LATEST
-    from blt.config import from_dict, merge, parse_overrides
-    from blt.run import RunConfig
-
     out = Path(args.out)
-    if any((out / sub / "checkpoints" / LATEST).is_file() for sub in ("entropy", "blt")):
+    if any((out / sub / layout.CHECKPOINTS / layout.LATEST).is_file() for sub in ("entropy", "blt")):
         raise UserError(f"{out} already holds a run; pass --out with a new directory (or remove it)")
     if args.eval_bytes < 0:
         raise UserError(f"--eval-bytes must be >= 0 (0 = all of val), got {args.eval_bytes}")

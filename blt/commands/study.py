@@ -1,6 +1,6 @@
 """`blt study CONFIG [--out DIR] [key=value ...]`: the equal-training-FLOP comparison grid.
 
-Trains and evaluates every cell of a study config (see blt/study.py and configs/study_*.yaml)
+Trains and evaluates every cell of a study config (see blt/experiments/study.py and configs/study_*.yaml)
 into DIR (default runs/<config stem>), then writes DIR/results.md, results.csv and the plots.
 Rerunning the same command skips finished cells and resumes an interrupted one; `key=value`
 overrides any study config entry (`budgets=[1e12,3e12]`, `model.dim=64`). On success the last
@@ -10,32 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blt.commands.train import _with_late_overrides
+from blt.commands.common import accept_late_overrides
+from blt.config import load_config
 from blt.errors import UserError
+from blt.experiments.study import StudyConfig, run_study
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser("study", help="train and compare models at equal training-FLOP budgets",
-                              description=__doc__.split("\n\n")[1])
+def configure(p):
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("config", help="study YAML config (e.g. configs/study_cpu.yaml)")
     p.add_argument("--out", help="study directory (default runs/<config stem>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. budgets=[1e12]")
     p.set_defaults(func=run)
-    p.__class__ = _with_late_overrides(type(p))
+    accept_late_overrides(p)
 
 
 def run(args) -> int:
-    from blt.config import load_config
-    from blt.study import StudyConfig
-
     source = Path(args.config)
     if not source.is_file():
         raise UserError(f"config file not found: {source}")
     study = load_config(StudyConfig, source, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / source.stem
-
-    from blt.study import run_study  # torch loads only once the config is known to be good
-
     summary = run_study(study, out)
     for r in summary["cells"]:
         print(f"{r['cell']:>9} @ {r['budget']:.3g} FLOPs: {r['steps']:>6} steps, bpb {r['bpb']:.4f}")

@@ -13,12 +13,16 @@ import os
 import shlex
 from pathlib import Path
 
+from blt.commands.common import accept_late_overrides
 from blt.config import from_dict, merge, parse_overrides, read_yaml
 from blt.errors import UserError
+from blt.runs import layout
+from blt.runs.config import RunConfig
+from blt.train.loop import train
 
 
-def add_parser(subparsers):
-    p = subparsers.add_parser("train", help="train a model from a YAML config", description=__doc__.split("\n\n")[1])
+def configure(p):
+    p.description = __doc__.split("\n\n")[1]
     p.add_argument("config", help="YAML config (e.g. configs/tiny.yaml), or a run directory with --resume")
     p.add_argument("--data", help="corpus: a file, directory, glob, 'stdlib' or 'enwik8' (sets data.corpus)")
     p.add_argument("--out", help="run directory (default runs/<config stem>)")
@@ -26,28 +30,11 @@ def add_parser(subparsers):
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint in the run directory")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=run)
-    p.__class__ = _with_late_overrides(type(p))
-
-
-def _with_late_overrides(parser_class):
-    """argparse fills positionals from one run of arguments only, so in
-    `blt train c.yaml --steps 5 optim.lr=1e-3` the override would be 'unrecognized';
-    this parser class files such leftover key=value words under `overrides` instead."""
-
-    class TrainParser(parser_class):
-        def parse_known_args(self, args=None, namespace=None):
-            ns, extra = super().parse_known_args(args, namespace)
-            late = [a for a in extra if "=" in a and not a.startswith("-")]
-            ns.overrides = list(getattr(ns, "overrides", None) or []) + late
-            return ns, [a for a in extra if a not in late]
-
-    return TrainParser
+    accept_late_overrides(p)
 
 
 def resolve_config(args) -> tuple[object, Path]:
     """(RunConfig, run directory) from the command line, checking every input."""
-    from blt.run import RunConfig
-
     source = Path(args.config)
     if source.is_dir():
         if not args.resume:
@@ -61,9 +48,9 @@ def resolve_config(args) -> tuple[object, Path]:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
 
     if args.resume:
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"nothing to resume: {out} is not a run directory (no config.yaml)")
-        tree = read_yaml(out / "config.yaml")
+        if not (out / layout.CONFIG).is_file():
+            raise UserError(f"nothing to resume: {out} is not a run directory (no {layout.CONFIG})")
+        tree = read_yaml(out / layout.CONFIG)
     else:
         tree = read_yaml(source)
     tree = merge(tree, parse_overrides(args.overrides))
@@ -76,8 +63,6 @@ def resolve_config(args) -> tuple[object, Path]:
 
 def run(args) -> int:
     cfg, out = resolve_config(args)
-    from blt.train.loop import train  # torch is imported only once the input is known to be good
-
     result = train(cfg, out, resume=args.resume)
     if result.get("rank", 0) != 0 or os.environ.get("RANK", "0") != "0":
         return 0

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from blt.data.cache import cache_dir
+from blt.data import enwik8
 from blt.errors import UserError
+from blt.files import atomic_write_text, temporary_name
 
 SPLITS = ("train", "val", "test")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BLT_CACHE_DIR", Path.home() / ".cache" / "blt"))
 
 
 @dataclass
@@ -121,7 +120,7 @@ def _concatenated(files: list[Path], label: str) -> tuple[np.ndarray, np.ndarray
     if not (bin_path.exists() and meta_path.exists()):
         d.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
-        tmp = d / f"{key}.bin.tmp{os.getpid()}"
+        tmp = temporary_name(bin_path)
         with open(tmp, "wb") as out:
             for p in files:
                 block = p.read_bytes()
@@ -129,10 +128,8 @@ def _concatenated(files: list[Path], label: str) -> tuple[np.ndarray, np.ndarray
                 out.write(block)
         docs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         meta = {"files": len(files), "bytes": int(docs[-1]), "sha256": h.hexdigest(), "docs": docs.tolist()}
-        meta_tmp = d / f"{key}.json.tmp{os.getpid()}"
-        meta_tmp.write_text(json.dumps(meta))
         os.replace(tmp, bin_path)
-        os.replace(meta_tmp, meta_path)
+        atomic_write_text(meta_path, json.dumps(meta))
     meta = json.loads(meta_path.read_text())
     docs = np.asarray(meta["docs"], dtype=np.int64)
     data = np.memmap(bin_path, dtype=np.uint8, mode="r") if meta["bytes"] else np.zeros(0, np.uint8)
@@ -174,7 +171,7 @@ def resolve_corpus(spec: str) -> str:
 
 
 def open_corpus(data) -> Corpus:
-    """The corpus a run's data config (blt.run.DataConfig) names, cut to data.max_bytes."""
+    """The corpus a run's data config (blt.runs.config.DataConfig) names, cut to data.max_bytes."""
     corpus = load_corpus(resolve_corpus(data.corpus), data.splits, data.data_dir)
     return truncated(corpus, data.max_bytes)
 
@@ -195,9 +192,7 @@ def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None) ->
     if spec == "stdlib":
         return _from_files(stdlib_files(), "stdlib", splits)
     if spec == "enwik8":
-        from blt.data.enwik8 import enwik8_path
-
-        return _from_files([enwik8_path(data_dir)], "enwik8", splits if splits != "auto" else "90/5/5")
+        return _from_files([enwik8.enwik8_path(data_dir)], "enwik8", splits if splits != "auto" else "90/5/5")
     path = Path(spec).expanduser()
     if path.is_file():
         return _from_files([path], str(spec), splits)

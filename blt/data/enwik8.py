@@ -14,8 +14,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from blt.data.corpus import cache_dir
+from blt.data.cache import cache_dir
 from blt.errors import UserError
+from blt.files import temporary_name
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 SIZE = 100_000_000
@@ -39,7 +40,7 @@ def _unzip(zip_bytes: bytes, dest: Path) -> None:
             payload = z.read("enwik8")
     except (zipfile.BadZipFile, KeyError):
         raise UserError("the enwik8 zip is damaged or holds no 'enwik8' member") from None
-    tmp = dest.with_suffix(f".tmp{os.getpid()}")
+    tmp = temporary_name(dest)
     tmp.write_bytes(payload)
     os.replace(tmp, dest)
 

@@ -1,20 +1,12 @@
 """BPE tokens for the token-level baseline: the tokenizer, cached token splits, training windows.
 
-Tokenizer. A byte-level BPE learned with the `tokenizers` library, offline and deterministic,
-from a fixed sample of the training split (`blt.patching.bpe.sample_split`). It works on raw
-bytes and never decodes text: a document is cut into pieces by the GPT-2-like byte rule of
-`blt.patching.bpe` (an optional space then letters, digits or punctuation; whitespace runs),
-every byte becomes its character of the byte alphabet (`BYTE_CHARS`, printable and never
-whitespace), and the pieces are handed to the BPE model separated by U+3000 (whitespace,
-which no byte maps to), so no token spans two pieces. Every byte string, invalid UTF-8
-included, encodes, and decodes back exactly.
+Tokenizer. A byte-level BPE learned by `blt.data.bpe.learn_bpe` (offline, deterministic, on a
+fixed sample of the training split, never decoding text: see that module for the piece rule and
+the byte alphabet). Every byte string, invalid UTF-8 included, encodes, and decodes back exactly.
 Ids: 0 = BOS, 1 = EOS, 2 = PAD (named with a character no byte maps to, so no text can spell
-them), then the 256 single bytes, then the merges. It is saved as a `tokenizers` JSON file,
-<run>/tokenizer.json; the BPE merges live there, the piece rule and byte alphabet here.
-
-Long documents are encoded in slices of about a megabyte, each ending before its last piece
-(which the next slice starts with), so a document tokenizes the same whole or sliced; only a
-single piece longer than a slice is cut.
+them), then the 256 single bytes, then the merges. It is saved as a `tokenizers` JSON file (a
+run keeps it as tokenizer.json); the BPE merges live there, the piece rule and byte alphabet in
+`blt.data.bpe`.
 
 Token splits. A split is tokenized once into a flat memory map [BOS t_1..t_n EOS] per document
 (uint16, uint32 past 65536 tokens), with a JSON file naming the tokenizer and the bytes it came
@@ -31,37 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blt.data.bpe import BYTE_CHARS, chars_to_bytes, learn_bpe, piece_texts, token_strings
 from blt.data.corpus import ByteSplit
 from blt.errors import UserError
-from blt.patching.bpe import _PIECE as PIECE_RULE
-from blt.patching.bpe import BYTE_CHARS, CHAR_BYTES, sample_split
+from blt.files import atomic_write_text, temporary_name
 
-TOKENIZER_FILE = "tokenizer.json"
 BOS, EOS, PAD = 0, 1, 2
 SPECIAL_TOKENS = ("\u27e8bos\u27e9", "\u27e8eos\u27e9", "\u27e8pad\u27e9")  # ⟨bos⟩ ⟨eos⟩ ⟨pad⟩
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256
-SLICE_CHARS = 1 << 20  # bytes of a document encoded at once
-_TO_CHARS = dict(enumerate(BYTE_CHARS))  # str.translate table: latin-1 character -> byte character
-SEPARATOR = "\u3000"  # between pieces: whitespace to the pre-tokenizer, beyond latin-1 so translate keeps it
-
-
-def _as_bytes(data) -> bytes:
-    return data if isinstance(data, bytes) else bytes(np.asarray(data, dtype=np.uint8))
-
-
-def piece_texts(data) -> list[str]:
-    """One document as strings of pieces in byte characters, separated by SEPARATOR (see module doc)."""
-    text = _as_bytes(data).decode("latin-1")  # one character per byte, for the regex only
-    out, at = [], 0
-    while at < len(text):
-        end = at + SLICE_CHARS
-        pieces = PIECE_RULE.findall(text, at, end)
-        # the last piece may go on past `end`: it starts the next slice, unless it is all there is
-        if end < len(text) and len(pieces) > 1:
-            pieces.pop()
-        at += sum(len(p) for p in pieces)
-        out.append(SEPARATOR.join(pieces).translate(_TO_CHARS))
-    return out
 
 
 class BPETokenizer:
@@ -77,11 +46,9 @@ class BPETokenizer:
         missing = [b for b, c in enumerate(BYTE_CHARS) if c not in vocab]
         if missing or sorted(vocab.values()) != list(range(self.vocab_size)):
             raise UserError(f"{source} is not a byte-level BPE tokenizer written by blt")
-        pieces = [""] * self.vocab_size
-        for name, i in vocab.items():
-            pieces[i] = name
+        pieces = token_strings(tok)
         self.token_bytes = [b""] * len(SPECIAL_TOKENS)  # what each id stands for; specials: nothing
-        self.token_bytes += [bytes(CHAR_BYTES[c] for c in p) for p in pieces[len(SPECIAL_TOKENS) :]]
+        self.token_bytes += [chars_to_bytes(p) for p in pieces[len(SPECIAL_TOKENS) :]]
         self.json = tok.to_str()
         self.sha256 = hashlib.sha256(self.json.encode()).hexdigest()
 
@@ -145,23 +112,15 @@ class BPETokenizer:
         return n_bytes / max(n_tokens, 1)
 
     def save(self, path) -> Path:
-        """Write the `tokenizers` JSON atomically; path may be a run directory."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / TOKENIZER_FILE
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.json)
-        os.replace(tmp, path)
-        return path
+        """Write the `tokenizers` JSON atomically."""
+        return atomic_write_text(path, self.json)
 
 
 def load_tokenizer(path) -> BPETokenizer:
-    """Read a tokenizer written by `BPETokenizer.save`; path may be a run directory."""
+    """Read a tokenizer written by `BPETokenizer.save`."""
     from tokenizers import Tokenizer
 
     path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
     if not path.is_file():
         raise UserError(f"BPE tokenizer not found: {path}")
     try:
@@ -173,19 +132,9 @@ def load_tokenizer(path) -> BPETokenizer:
 
 def train_tokenizer(data, vocab_size: int, sample_bytes: int = 10_000_000) -> BPETokenizer:
     """Learn a byte-level BPE of at most vocab_size ids (specials and single bytes included)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
     if vocab_size < MIN_VOCAB:
         raise UserError(f"a byte-level BPE vocabulary needs at least {MIN_VOCAB} tokens, got {vocab_size}")
-    if isinstance(data, (bytes, bytearray)):
-        data = np.frombuffer(bytes(data), dtype=np.uint8)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=BYTE_CHARS, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    tok.train_from_iterator(piece_texts(sample_split(data, sample_bytes)), trainer=trainer)
-    return BPETokenizer(tok)
+    return BPETokenizer(learn_bpe(data, vocab_size, sample_bytes, SPECIAL_TOKENS))
 
 
 # ---- token splits ------------------------------------------------------------------------------
@@ -206,7 +155,7 @@ def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dic
             return np.memmap(bin_path, dtype=meta["dtype"], mode="r")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    tmp = bin_path.with_name(f".{bin_path.name}.tmp{os.getpid()}")
+    tmp = temporary_name(bin_path)
     n_tokens = n_docs = 0
     with open(tmp, "wb") as f:
         for ids in tokenizer.iter_encode(split.documents()):
@@ -217,9 +166,7 @@ def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dic
             n_docs += 1
     os.replace(tmp, bin_path)
     meta = {**want, "dtype": np.dtype(dtype).name, "tokens": n_tokens, "documents": n_docs}
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(meta_tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype=dtype)
 
 

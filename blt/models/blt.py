@@ -18,14 +18,20 @@ patch(p+1) itself would leak the target's own patch (tests/test_no_leak.py check
 
 Starts are completed with the forced ones (q = 0, q = 1, BOS, after BOS) whatever the
 patcher gave, so a patch never spans two documents. The model is built first and initialised
-by init_weights() afterwards (meta-device / FSDP2 friendly). For inference the model may
-carry a `patcher` and a frozen `entropy_model` (a ByteLM, saved under 'entropy_model.').
+by init_weights() afterwards (meta-device / FSDP2 friendly).
+
+Inputs longer than `context` (scoring long documents) are run the way the levels slide: byte
+attention spans min(window, context) bytes and the latent sees patches starting within the
+last `context` bytes (latent.py), so every byte gets the left context it had in training.
+
+The network does not patch: a run attaches its patcher and, for entropy patchers, a frozen
+entropy model (a ByteLM, saved under 'entropy_model.') with `set_patching`; blt.patching
+computes starts with them and blt.inference generates with them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,13 +39,12 @@ from torch import nn
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, masked_targets
 from blt.models.hash_ngram import HASH_PRIMES
-from blt.models.latent import LatentTransformer, patch_documents
+from blt.models.latent import LatentTransformer, patch_documents, patch_start_positions
 from blt.models.local_decoder import LocalDecoder
 from blt.models.local_encoder import LocalEncoder
 from blt.models.masks import document_ids
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import compute_entropies, online_entropies
-from blt.vocab import BOS_ID, PAD_ID, is_byte
+from blt.vocab import BOS_ID, is_byte
 
 
 @dataclass
@@ -103,10 +108,10 @@ class ByteLatentTransformer(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.encoder = LocalEncoder(cfg.encoder, cfg.latent.dim, cfg.k, cfg.hash_ngram_sizes,
-                                    cfg.n_hash_functions, cfg.hash_buckets)
-        self.latent = LatentTransformer(cfg.latent, cfg.latent_span)
-        self.decoder = LocalDecoder(cfg.decoder, cfg.encoder.dim, cfg.latent.dim, cfg.k)
-        self.patcher = None  # a blt.patching.patchers.Patcher, for patch_starts / score_documents
+                                    cfg.n_hash_functions, cfg.hash_buckets, cfg.context)
+        self.latent = LatentTransformer(cfg.latent, cfg.latent_span, cfg.context)
+        self.decoder = LocalDecoder(cfg.decoder, cfg.encoder.dim, cfg.latent.dim, cfg.k, cfg.context)
+        self.patcher = None  # a blt.patching.patchers.Patcher: how this model's inputs are cut
         self.entropy_model = None  # a frozen ByteLM when the patcher needs entropies
 
     @torch.no_grad()
@@ -125,6 +130,13 @@ class ByteLatentTransformer(nn.Module):
         self.patcher = patcher
         if entropy_model is not None:
             self.entropy_model = entropy_model.requires_grad_(False).eval()
+
+    def check_patching(self):
+        """UserError unless a patcher (and the entropy model it needs) is attached."""
+        if self.patcher is None:
+            raise UserError("this BLT model has no patcher: call set_patching() first")
+        if self.patcher.needs_entropy and self.entropy_model is None:
+            raise UserError(f"{type(self.patcher).__name__} needs an entropy model, and none is attached")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -146,7 +158,8 @@ class ByteLatentTransformer(nn.Module):
         P = int(n_patches.max())
         byte_states, patches = self.encoder(ids, byte_patch, n_patches, P)  # (B, T, De), (B, P, Dl)
         patch_docs = patch_documents(document_ids(ids, BOS_ID), byte_patch, P)  # (B, P)
-        latent_out = self.latent(patches, patch_docs, n_patches)  # (B, P, Dl)
+        starts_at = patch_start_positions(byte_patch, P) if T > self.cfg.context else None  # (B, P)
+        latent_out = self.latent(patches, patch_docs, n_patches, starts_at)  # (B, P, Dl)
         return self.decoder(ids, byte_states, latent_out, self.decoder_patches(patch))
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -165,81 +178,3 @@ class ByteLatentTransformer(nn.Module):
         is_real = is_byte(targets)
         n_patches = complete_starts(ids, starts)[:, 1:] & is_real
         return loss, {"targets": int(is_real.sum()), "patches": int(n_patches.sum())}
-
-    # ---- inference ------------------------------------------------------------------------
-
-    def _check_patching(self, need_entropy_model: bool):
-        if self.patcher is None:
-            raise UserError("this BLT model has no patcher: call set_patching() first")
-        if need_entropy_model and self.patcher.needs_entropy and self.entropy_model is None:
-            raise UserError(f"{type(self.patcher).__name__} needs an entropy model, and none is attached")
-
-    @torch.no_grad()
-    def patch_starts(self, ids_window: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch starts of windows (B, T+1) with the attached patcher. (B, T+1) bool
-
-        Entropies are computed online with the entropy model (`online_entropies`: each
-        document of the window from its BOS) when the patcher needs them and none are given."""
-        self._check_patching(need_entropy_model=entropies is None)
-        if self.patcher.needs_entropy and entropies is None:
-            entropies = online_entropies(self.entropy_model, ids_window)
-        return self.patcher.starts(ids_window, entropies)
-
-    def generate(
-        self, prompts, max_new_bytes=256, temperature=1.0, top_k=None, top_p=None, seed=0, stop=None, on_bytes=None
-    ):
-        """Continue each prompt (bytes) with online patching and KV caches; see `blt.blt_generate`."""
-        from blt.blt_generate import generate
-
-        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop, on_bytes)
-
-    @torch.no_grad()
-    def score_documents(self, docs, batch_size: int = 16, stride: int | None = None) -> list:
-        """Nats spent on every byte of each document, given BOS and all earlier bytes.
-
-        A document of n bytes is the sequence [BOS, b_1..b_n]; its n predictions are made in
-        windows of at most `context` input positions. The first window scores its every
-        position; each later one scores `stride` new positions (default context // 2) and
-        keeps the `context - stride` positions before them as left context, as much as the
-        model saw in training. Entropies (when the patcher needs them) are computed over the
-        whole document first (`compute_entropies`), so a window's boundaries come from the
-        document, not from the cut. docs: list of uint8 arrays -> list of float32 arrays.
-        """
-        self._check_patching(need_entropy_model=True)
-        C = self.cfg.context
-        stride = stride or max(1, C // 2)
-        device = next(self.parameters()).device
-        ents = None
-        if self.patcher.needs_entropy:
-            # entry i predicts byte i (sequence position i+1); the last one (EOS) is not needed
-            ents = [np.concatenate([[0.0], e[:-1]]).astype(np.float32)
-                    for e in compute_entropies(self.entropy_model, docs, batch_size)]
-        jobs = []  # (doc, window start, score start, score end) in input positions
-        for d, doc in enumerate(docs):
-            c, n = 0, len(doc)
-            while c < n:
-                e = min(c + (C if c == 0 else stride), n)
-                jobs.append((d, max(0, e - C), c, e))
-                c = e
-        out = [np.zeros(len(doc), dtype=np.float32) for doc in docs]
-        for b in range(0, len(jobs), batch_size):
-            group = jobs[b : b + batch_size]
-            L = max(e - s for _, s, _, e in group)
-            window = torch.full((len(group), L + 1), PAD_ID, dtype=torch.long)  # (B, L+1)
-            ent = torch.zeros(len(group), L + 1) if ents is not None else None
-            for r, (d, s, _, e) in enumerate(group):
-                # sequence positions s..e: [BOS] + doc shifted by one
-                seq = np.asarray(docs[d][max(s - 1, 0) : e], dtype=np.int64)
-                if s == 0:
-                    seq = np.concatenate([[BOS_ID], seq])
-                window[r, : e - s + 1] = torch.from_numpy(seq)
-                if ent is not None:
-                    ent[r, : e - s + 1] = torch.from_numpy(ents[d][s : e + 1])
-            window = window.to(device)
-            # padding sits after each row's window: every rule is causal, so it moves nothing real
-            starts = self.patch_starts(window, None if ent is None else ent.to(device))
-            logits = self(window[:, :-1], starts)  # (B, L, V)
-            nats = F.cross_entropy(logits.transpose(1, 2), window[:, 1:], reduction="none").cpu()  # (B, L)
-            for r, (d, s, c, e) in enumerate(group):
-                out[d][c:e] = nats[r, c - s : e - s].numpy()
-        return out

@@ -38,10 +38,17 @@ class CrossAttention(nn.Module):
         """(..., L, D) -> (..., H, L, Dh)"""
         return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(-2, -3)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (..., L, D) queries, kv (..., S, D) sources, mask (..., 1, L, S) bool -> (..., L, D)"""
+    def keys_values(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sources (..., S, D) -> keys, values (..., H, S, Dh): computed once, attended many times."""
         src = self.kv_norm(kv)
+        return self._heads(self.wk(src)), self._heads(self.wv(src))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
+        """x (..., L, D) queries over projected keys/values (..., H, S, Dh) -> (..., L, D)"""
         q = self._heads(self.wq(self.q_norm(x)))  # (..., H, L, Dh)
-        k, v = self._heads(self.wk(src)), self._heads(self.wv(src))  # (..., H, S, Dh)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (..., H, L, Dh)
         return x + self.wo(y.transpose(-2, -3).flatten(-2))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (..., L, D) queries, kv (..., S, D) sources, mask (..., 1, L, S) bool -> (..., L, D)"""
+        return self.attend(x, *self.keys_values(kv), mask)

@@ -9,6 +9,8 @@ the same wherever it sits in a window. hash_f is a rolling polynomial hash
     h = sum_i id_{t-i} * P_f^i   (64-bit wrap-around arithmetic, done in int64 torch ops)
 taken modulo the number of buckets. Position t uses ids <= t only (causal), and the whole
 computation is vectorised over positions: the only Python loops run over n and f.
+`embed_newest` computes the embedding of one new position from the last max(n) ids (incremental
+generation), the same sums term for term.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ class HashNgramEmbedding(nn.Module):
         self.tables = nn.ModuleList(
             nn.Embedding(buckets, dim) for _ in range(n_hash_functions * len(self.ngram_sizes))
         )
+        self._newest = None  # (hash powers, n-gram columns) for embed_newest, made on first use
 
     @torch.no_grad()
     def init_weights(self):
@@ -96,4 +99,26 @@ class HashNgramEmbedding(nn.Module):
         buckets = ngram_hashes(ids, self.ngram_sizes, self.n_hash_functions, self.buckets)  # (B, T, K)
         for c, table in enumerate(self.tables):
             h = h + table(buckets[..., c])
+        return h
+
+    @property
+    def max_n(self) -> int:
+        return max(self.ngram_sizes)
+
+    def embed_newest(self, recent: torch.Tensor) -> torch.Tensor:
+        """Embedding of the newest position from recent (B, max_n): the last max(n) ids, newest
+        last, PAD where the document has none. (B, dim)
+
+        h_i = sum over j <= i of id_{t-j} * P^j is a cumsum over the ids newest first."""
+        h = self.byte_embed(recent[:, -1])  # (B, D)
+        if not self.tables:
+            return h
+        if self._newest is None or self._newest[0].device != recent.device:
+            self._newest = (hash_powers(self.n_hash_functions, self.max_n, recent.device),  # (F, max_n)
+                            torch.tensor([n - 1 for n in self.ngram_sizes], device=recent.device))
+        powers, cols = self._newest
+        hashes = (recent.flip(1)[:, None, :] * powers).cumsum(-1)  # (B, F, max_n)
+        buckets = torch.remainder(hashes[:, :, cols], self.buckets).flatten(1)  # (B, F*S) in table order
+        for c, table in enumerate(self.tables):
+            h = h + table(buckets[:, c])
         return h

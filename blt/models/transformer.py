@@ -48,6 +48,11 @@ class TransformerConfig:
         if self.window is not None and self.window < 1:
             raise UserError("window must be a positive integer or null")
 
+    def span_within(self, context: int) -> int:
+        """Keys a query sees, itself included, in a model trained on `context` positions: the
+        sliding window, capped by the context (the span scoring and generation slide with)."""
+        return min(self.window or context, context)
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads

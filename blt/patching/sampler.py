@@ -2,7 +2,7 @@
 
 The windows are exactly WindowSampler's (same pure function of seed, rank, step, micro), so
 a patched run draws the same bytes as a byte-level run with the same seed. Entropies come
-from the precomputed entropy file (`entropy.SplitEntropies` of the same split): a byte
+from the precomputed entropy file (`entropy_file.SplitEntropies` of the same split): a byte
 position gets the entropy predicting that byte, an EOS position the stored entropy predicting
 that EOS, a BOS position 0 (it and the byte after it are forced starts). The first positions
 of a window that begins mid-document keep the entropies computed with the whole document
@@ -16,7 +16,7 @@ import torch
 
 from blt.data.corpus import ByteSplit
 from blt.data.stream import WindowSampler
-from blt.patching.entropy import SplitEntropies
+from blt.patching.entropy_file import SplitEntropies
 from blt.patching.patchers import Patcher
 from blt.vocab import EOS_ID
 

@@ -7,7 +7,8 @@ replicas start equal and stay equal (gradients are averaged before every optimiz
 
 Models are built first and initialised after they are placed on their device
 (`build_model` -> device -> `init_weights()`), the order FSDP2's `fully_shard` needs, so
-sharding can replace DDP here without touching the models.
+sharding can replace DDP here without touching the models. `train.device` is picked by
+blt.runs.loading.pick_device: 'auto' is this rank's GPU when CUDA is present, else the CPU.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from blt.errors import UserError
+from blt.runs.loading import pick_device
 
 
 @dataclass
@@ -30,6 +32,9 @@ class DistEnv:
     device: torch.device
     owns_group: bool  # True when we created the process group (and so must destroy it)
 
+    def barrier(self) -> None:
+        barrier()
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -39,21 +44,6 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise UserError(f"environment variable {name} must be an integer, got '{raw}'") from None
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """'auto' -> this rank's GPU when CUDA is present, else the CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"train.device is '{requested}' but no CUDA device is available")
-        if requested == "cuda":
-            requested = f"cuda:{local_rank}"
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"train.device '{requested}' is not a device torch knows (try auto, cpu, cuda)") from None
 
 
 def init_distributed(requested_device: str = "auto") -> DistEnv:

@@ -1,16 +1,16 @@
 """The training loop: one function, `train(cfg, out_dir, resume)`, for every model kind.
 
-Contract with models and data:
-- `make_sampler(cfg, corpus, rank, run_dir)` returns an object whose `.batch(step, micro)` gives a dict
-  of tensors, a pure function of (seed, rank, step, micro); the loop calls
-  `loss, stats = model.loss(**batch)`. `loss` is the mean over `stats['targets']` scored
-  targets; any other numeric stat (BLT's 'patches') is summed over micro-steps and ranks and
-  logged with its rate.
-- Training FLOPs (blt.flops, 3 x forward): each micro-step is charged its input positions times
-  `train_flops_per_position`, a BLT with the bytes per patch of that very batch
-  (targets / patches). Rows log the interval's `flops`, `flops_per_s` and the running total
-  `train_flops`, which checkpoints carry so a resumed run continues it; every checkpoint step
-  also logs a row, so the total saved is complete.
+Contract with models and data, through the run's kind (blt.runs.kinds):
+- `kind.prepare` resolves what the run needs before its first step; `kind.sampler(cfg, corpus,
+  run_dir, rank)` returns an object whose `.batch(step, micro)` gives a dict of tensors, a pure
+  function of (seed, rank, step, micro); the loop calls `loss, stats = model.loss(**batch)`.
+  `loss` is the mean over `stats['targets']` scored targets; any other numeric stat (BLT's
+  'patches') is summed over micro-steps and ranks and logged with its rate.
+- Training FLOPs (blt.evaluation.flops, 3 x forward): each micro-step is charged its input
+  positions times `kind.train_flops_per_position(cfg, stats)`, a BLT at the bytes per patch of
+  that very batch (targets / patches). Rows log the interval's `flops`, `flops_per_s` and the
+  running total `train_flops`, which checkpoints carry so a resumed run continues it; every
+  checkpoint step also logs a row, so the total saved is complete.
 - The model is built, placed on its device, then `init_weights()`-ed (see distributed.py).
 - data.batch_size windows per micro-step and rank; an optimizer step takes grad_accum
   micro-steps on every rank, each micro-step's mean loss weighted 1/grad_accum (nanoGPT's rule).
@@ -32,62 +32,24 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from blt import __version__
-from blt.checkpoint import LATEST, latest_checkpoint, load_train_state, load_weights, save_checkpoint
 from blt.config import save_yaml
 from blt.data.corpus import Corpus, open_corpus
-from blt.data.stream import WindowSampler
 from blt.errors import UserError
-from blt.evaluate import evaluate_split
-from blt.flops import blt_flops, bpe_lm_flops, byte_lm_flops
-from blt.run import RunConfig, build_model
+from blt.evaluation.bpb import evaluate_split
+from blt.runs import layout
+from blt.runs.checkpoint import latest_checkpoint, load_train_state, load_weights, save_checkpoint
+from blt.runs.config import RunConfig
+from blt.runs.kinds import build_model, kind_of
 from blt.train import distributed as D
-from blt.train.blt_setup import blt_sampler, load_entropy_weights, prepare_blt
-from blt.train.bpe_setup import bpe_sampler, prepare_bpe
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
 from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
-
-class ByteWindows:
-    """Batches for byte-level models: {'ids': (B, T), 'targets': (B, T)}."""
-
-    def __init__(self, sampler: WindowSampler):
-        self.sampler = sampler
-
-    def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
-        x, y = self.sampler.batch(step, micro)
-        return {"ids": x, "targets": y}
-
-
-def make_sampler(cfg: RunConfig, corpus: Corpus, rank: int, run_dir: Path):
-    """The training-batch source for this model kind, drawing from the 'train' split."""
-    if cfg.model_kind == "blt":
-        return blt_sampler(cfg, corpus, run_dir, rank)
-    if cfg.model_kind == "byte":
-        sampler = WindowSampler(
-            corpus.split("train"), cfg.model.context, cfg.data.batch_size, cfg.train.seed, rank
-        )
-        return ByteWindows(sampler)
-    if cfg.model_kind == "bpe":
-        return bpe_sampler(cfg, corpus, run_dir, rank)
-    raise UserError(f"no training batches defined for model_kind '{cfg.model_kind}'")
-
-
-def train_flops_per_position(cfg: RunConfig, bytes_per_patch: float | None = None) -> float:
-    """Training FLOPs (3 x forward, blt.flops) of one input position of this run's model.
-
-    A BLT's cost depends on how many patches its latent runs: pass the measured bytes per patch."""
-    if cfg.model_kind == "blt":
-        if bytes_per_patch is None:
-            raise ValueError("a BLT's training FLOPs need the measured bytes per patch")
-        return blt_flops(cfg.blt, max(float(bytes_per_patch), 1.0)).train_per_byte
-    if cfg.model_kind == "bpe":  # a position is one token
-        return bpe_lm_flops(cfg.bpe, cfg.bpe.vocab_size, bytes_per_token=1.0).train_per_byte
-    return byte_lm_flops(cfg.model).train_per_byte
 
 
 class LossForward(nn.Module):
@@ -139,8 +101,8 @@ class StopRequest:
 def _write_run_files(cfg: RunConfig, out_dir: Path, corpus: Corpus, env: D.DistEnv, start: int) -> None:
     """config.yaml (always the resolved, current config) and run.json (provenance)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out_dir / "config.yaml")
-    info_path = out_dir / "run.json"
+    save_yaml(cfg, out_dir / layout.CONFIG)
+    info_path = out_dir / layout.RUN_INFO
     info = {
         "corpus": corpus.fingerprint,
         "torch": torch.__version__,
@@ -160,7 +122,7 @@ def _write_run_files(cfg: RunConfig, out_dir: Path, corpus: Corpus, env: D.DistE
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
     """Half-written checkpoints of a killed run (their names start with a dot)."""
-    for tmp in (out_dir / "checkpoints").glob(".step_*.tmp*"):
+    for tmp in (out_dir / layout.CHECKPOINTS).glob(".step_*.tmp*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -180,7 +142,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir`; returns the final metrics (see the module docstring)."""
     out_dir = Path(out_dir)
-    has_ckpt = (out_dir / "checkpoints" / LATEST).is_file()
+    has_ckpt = (out_dir / layout.CHECKPOINTS / layout.LATEST).is_file()
     if has_ckpt and not resume:
         raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
     if resume and not has_ckpt:
@@ -197,16 +159,14 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.DistEnv) -> dict:
     main = env.rank == 0
     t, total = cfg.train, cfg.train.steps
-    if cfg.model_kind == "blt":
-        cfg = prepare_blt(cfg, corpus, out_dir, env)
-    if cfg.model_kind == "bpe":
-        prepare_bpe(cfg, corpus, out_dir, env)
-    sampler = make_sampler(cfg, corpus, env.rank, out_dir)
+    kind = kind_of(cfg)
+    cfg = kind.prepare(cfg, corpus, out_dir, env)
+    sampler = kind.sampler(cfg, corpus, out_dir, env.rank)
     val_split = corpus.split("val")
 
     model = setup_model(cfg, env.device, out_dir)
-    if cfg.model_kind == "blt" and not resume:
-        load_entropy_weights(model, cfg)
+    if not resume:
+        kind.after_init(model, cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     start, elapsed0, tokens = 0, 0.0, 0
@@ -225,7 +185,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 f"the run in {out_dir} already reached step {start}; pass --steps larger than {start} to go on"
             )
 
-    log = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
+    log = MetricsLog(out_dir / layout.METRICS, enabled=main)
     if main:
         _write_run_files(cfg, out_dir, corpus, env, start)
         if resume:
@@ -269,8 +229,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 interval.positions += batch["targets"].numel()
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
-                patch_size = stats["targets"] / max(stats["patches"], 1) if "patches" in stats else None
-                interval.add({"flops": train_flops_per_position(cfg, patch_size) * batch["targets"].numel()})
+                interval.add({"flops": kind.train_flops_per_position(cfg, stats) * batch["targets"].numel()})
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             optimizer.step()
             scheduler.step()
@@ -287,7 +246,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
             evaluate_now = at_end or (t.eval_every > 0 and done % t.eval_every == 0)
             checkpoint_now = at_end or stopping or (t.ckpt_every > 0 and done % t.ckpt_every == 0)
             if evaluate_now and main:
-                val = {**evaluate_split(model, val_split, t.eval_bytes), "step": done}
+                val = {**evaluate_split(partial(kind.scores, model), val_split, t.eval_bytes), "step": done}
             if evaluate_now or checkpoint_now or done == 1 or done % t.log_every == 0:
                 sums = D.all_reduce_sum(
                     [interval.nats, interval.positions, interval.seconds, *interval.stats.values()], env.device

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from blt.files import atomic_write_text
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -44,9 +45,7 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, row: dict) -> None:
         if not self.enabled:

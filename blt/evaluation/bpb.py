@@ -2,16 +2,23 @@
 
 bpb = (sum of nats over scored bytes) / (ln 2 * number of scored bytes): summed first, then
 divided, never an average of batch means. Each document is scored as BOS followed by its
-bytes; every byte is scored, EOS is not. Models provide `score_documents(docs)` (nats per
-byte of each document, see ByteLM.score_documents for the windowing rule).
+bytes; every byte is scored, EOS is not. Scores come from a per-byte scorer
+(`blt.evaluation.scorer`: the same windows and left context for every model kind).
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
 from blt.data.corpus import ByteSplit
+from blt.evaluation.entropies import compute_entropies
+from blt.patching.calibration import calibration_rows
+from blt.patching.patchers import mean_patch_size
+
+# docs (uint8 arrays) -> nats per byte of each (float32 arrays)
+ByteScores = Callable[[list], list]
 
 
 def split_documents(split: ByteSplit, max_bytes: int | None = None) -> list[np.ndarray]:
@@ -32,16 +39,17 @@ def bits_per_byte(nats: float, n_bytes: int) -> float:
     return nats / (math.log(2) * max(n_bytes, 1))
 
 
-def evaluate_split(model, split: ByteSplit, max_bytes: int | None = None, batch_size: int = 16) -> dict:
-    """{'bpb', 'bytes', 'nats'} of a model over (the first max_bytes of) a split."""
-    was_training = model.training
-    model.eval()
-    docs = split_documents(split, max_bytes)
-    per_doc = model.score_documents(docs, batch_size=batch_size)
-    model.train(was_training)
+def evaluate_docs(scores: ByteScores, docs: list) -> dict:
+    """{'bpb', 'bytes', 'nats'} of a scorer over documents."""
+    per_doc = scores(docs)
     nats = float(sum(float(np.sum(x, dtype=np.float64)) for x in per_doc))
     n = int(sum(len(x) for x in per_doc))
     return {"bpb": bits_per_byte(nats, n), "bytes": n, "nats": nats}
+
+
+def evaluate_split(scores: ByteScores, split: ByteSplit, max_bytes: int | None = None) -> dict:
+    """{'bpb', 'bytes', 'nats'} of a scorer over (the first max_bytes of) a split."""
+    return evaluate_docs(scores, split_documents(split, max_bytes))
 
 
 def patch_statistics(model, docs: list[np.ndarray]) -> dict:
@@ -51,10 +59,6 @@ def patch_statistics(model, docs: list[np.ndarray]) -> dict:
     model (as in training), so the figure is the patcher's, not an artefact of eval windows.
     Mean patch size = real bytes / patches holding them.
     """
-    from blt.patching.calibration import calibration_rows
-    from blt.patching.entropy import compute_entropies
-    from blt.patching.patchers import mean_patch_size
-
     patcher = model.patcher
     if patcher.needs_entropy:
         ents = compute_entropies(model.entropy_model, docs)

@@ -1,14 +1,11 @@
-"""What a run is: its config tree, its directory, and the model it builds.
+"""What a run is made of: the nested config tree written to its config.yaml.
 
-A run directory holds:
-    config.yaml            the resolved RunConfig (every default written out)
-    metrics.jsonl          one JSON object per logged step
-    checkpoints/step_NNNNNNN/{model.safetensors, model.json, train_state.pt}
-    checkpoints/LATEST     name of the newest complete checkpoint
-BLT runs also hold what their patcher needs: entropies/ (the corpus's entropy file, used for
-training batches) and bpe_vocab.json (causal BPE patching). A BLT checkpoint carries its frozen
-entropy model's weights, so a BLT run rebuilds alone. BPE-token runs hold tokenizer.json (their
-tokenizer, learned at run start) and tokens/ (the training split as tokens).
+    cfg = load_config(RunConfig, "configs/tiny.yaml", ["optim.lr=3e-4"])
+
+`model_kind` picks the network and which section describes it (MODEL_SECTION: the byte
+transformer in `model`, the BPE-token transformer in `bpe`, the BLT in `blt`); the other
+sections are shared by every kind. The kinds themselves (how each builds, trains, scores and
+generates) are registered in blt.runs.kinds.
 """
 from __future__ import annotations
 
@@ -16,14 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from blt.config import read_yaml, from_dict
-from blt.data.tokens import load_tokenizer
+from blt.config import from_dict, read_yaml
 from blt.errors import UserError
-from blt.models.blt import BLTConfig, ByteLatentTransformer
-from blt.models.byte_lm import ByteLM, ByteLMConfig
-from blt.models.token_lm import TokenLM, TokenLMConfig
-from blt.patching.bpe import load_bpe_vocab
-from blt.patching.patchers import PatcherConfig, build_patcher
+from blt.models.blt import BLTConfig
+from blt.models.byte_lm import ByteLMConfig
+from blt.models.token_lm import TokenLMConfig
+from blt.patching.patchers import PatcherConfig
+from blt.runs import layout
+
+MODEL_SECTION = {"byte": "model", "bpe": "bpe", "blt": "blt"}  # the section describing each kind's network
 
 
 @dataclass
@@ -84,48 +82,21 @@ class RunConfig:
             raise UserError(f"train.log_every must be at least 1, got {self.train.log_every}")
 
     @property
+    def network(self):
+        """The config section of this kind's network (ByteLMConfig, TokenLMConfig or BLTConfig)."""
+        return getattr(self, MODEL_SECTION[self.model_kind])
+
+    @property
     def context(self) -> int:
         """Input positions per training window (tokens for model_kind bpe)."""
-        if self.model_kind == "blt":
-            return self.blt.context
-        return self.bpe.context if self.model_kind == "bpe" else self.model.context
-
-
-def build_model(cfg: RunConfig, run_dir: str | Path | None = None):
-    """Construct (not initialise) the model a config describes; call init_weights() after.
-
-    A BLT gets its patcher (thresholds must be resolved: see blt.train.blt_setup) and, for
-    entropy patchers, an entropy model of cfg.entropy_model's shape whose weights come from
-    the entropy run (fresh training) or the BLT checkpoint (everything else)."""
-    if cfg.model_kind == "byte":
-        return ByteLM(cfg.model)
-    if cfg.model_kind == "blt":
-        model = ByteLatentTransformer(cfg.blt)
-        vocab = None
-        if cfg.patching.kind == "bpe":
-            if run_dir is None:
-                raise UserError("a BLT with BPE patching needs its run directory (bpe_vocab.json)")
-            vocab = load_bpe_vocab(Path(run_dir) / "bpe_vocab.json")
-        patcher = build_patcher(cfg.patching, vocab)
-        entropy_model = None
-        if patcher.needs_entropy:
-            if cfg.entropy_model is None:
-                raise UserError("this BLT config names no entropy model (set patching.entropy_run)")
-            entropy_model = ByteLM(cfg.entropy_model)
-        model.set_patching(patcher, entropy_model)
-        return model
-    if cfg.model_kind == "bpe":
-        if run_dir is None:
-            raise UserError("a BPE-token model needs its run directory (tokenizer.json)")
-        return TokenLM(cfg.bpe, load_tokenizer(run_dir))
-    raise UserError(f"unknown model_kind '{cfg.model_kind}'")
+        return self.network.context
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    path = run_dir / "config.yaml"
+    path = run_dir / layout.CONFIG
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
     return from_dict(RunConfig, read_yaml(path))

@@ -2,7 +2,7 @@
 
     blt study configs/study_cpu.yaml --out runs/study_cpu
 
-CELLS. For every budget (training FLOPs, blt.flops' 3 x forward convention) the study trains
+CELLS. For every budget (training FLOPs, blt.evaluation.flops' 3 x forward convention) the study trains
     byte      a byte-level transformer
     bpe       a transformer over BPE tokens
     static    BLT with static patches of round(patch_size) bytes (MegaByte-like)
@@ -16,19 +16,19 @@ The entropy patchers share one entropy model (<out>/entropy), trained once; its 
 cost is reported on its own, its inference cost in the cells' FLOPs per byte with entropy.
 
 STEPS. A cell's steps = round(budget / training FLOPs per step), the per-step cost computed
-with `blt.train.loop.train_flops_per_position`, the same function the training loop charges,
-times the positions of a step. A BLT's cost depends on its patch size, measured before
+with the kind's `train_flops_per_position` (blt.runs.kinds), the same function the training
+loop charges, times the positions of a step. A BLT's cost depends on its patch size, measured before
 training on the cell's own first training batches (targets / patches, as the loop counts
 it). The FLOPs actually spent come from the run's metrics.jsonl (`train_flops`).
 
 EVALUATION. Every cell is scored on the same held-out bytes: the first `eval_bytes` of the
-val split (bpb, blt.commands.eval.evaluate_run, which also gives inference FLOPs per byte
-and the patch size on those bytes), and on robustness pairs cut from them (blt.noise).
+val split (bpb, blt.runs.evaluate.evaluate_run, which also gives inference FLOPs per byte
+and the patch size on those bytes), and on robustness pairs cut from them (blt.evaluation.noise).
 
 RESUMING. <out>/cells/<budget>/<cell>/ is an ordinary run directory. A cell is done when its
 result.json exists; a cell with a checkpoint short of its steps resumes from it; a cell
 whose training finished is only evaluated. Rerunning the command therefore redoes only
-what is missing, and the report (blt.study_report) is rewritten from all results. What a
+what is missing, and the report (blt.experiments.study_report) is rewritten from all results. What a
 cell's setup, training and evaluation print goes to its study.log; the terminal shows one
 progress bar over the grid.
 """
@@ -40,13 +40,30 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from functools import partial
+
+from tqdm import tqdm
 
 from blt.config import from_dict, read_yaml, save_yaml, to_dict
+from blt.data.corpus import open_corpus
+from blt.data.tokens import load_tokenizer
 from blt.errors import UserError
+from blt.evaluation.bpb import split_documents
+from blt.evaluation.flops import byte_lm_flops
+from blt.evaluation.noise import NOISE_KINDS, check_noise, robustness, scoring_pairs
+from blt.experiments.study_report import write_report
+from blt.files import atomic_write_text
+from blt.models.blt import complete_starts
 from blt.models.byte_lm import ByteLMConfig
-from blt.noise import NOISE_KINDS, check_noise
-from blt.run import DataConfig, OptimConfig, RunConfig
+from blt.runs import layout
+from blt.runs.config import DataConfig, OptimConfig, RunConfig, load_run_config
+from blt.runs.evaluate import evaluate_run
+from blt.runs.kind_blt import write_run_entropies
+from blt.runs.kinds import KINDS, kind_of
+from blt.runs.loading import open_run, pick_device
+from blt.train import loop
+from blt.train.metrics import read_metrics
+from blt.vocab import is_byte
 
 CELLS = ("byte", "bpe", "static", "space", "entropy", "relative")
 BLT_CELLS = ("static", "space", "entropy", "relative")
@@ -229,58 +246,44 @@ def bpe_tree(study: StudyConfig, context_tokens: int | None = None) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
-    from blt.checkpoint import LATEST
-
-    marker = run_dir / "checkpoints" / LATEST
-    return int(marker.read_text().strip().split("_")[-1]) if marker.is_file() else None
+    marker = run_dir / layout.CHECKPOINTS / layout.LATEST
+    return layout.checkpoint_step(marker.read_text().strip()) if marker.is_file() else None
 
 
 def train_to_end(cfg: RunConfig, run_dir: Path) -> bool:
     """Train a run to its last step, resuming its checkpoint if it has one (then its own saved
     config rules). False if a signal stopped it."""
-    from blt.run import load_run_config
-    from blt.train.loop import train
-
     step = checkpoint_step(run_dir)
     if step is None:
-        return not train(cfg, run_dir)["interrupted"]
+        return not loop.train(cfg, run_dir)["interrupted"]
     saved = load_run_config(run_dir)
     if step >= saved.train.steps:
         return True
-    return not train(saved, run_dir, resume=True)["interrupted"]
+    return not loop.train(saved, run_dir, resume=True)["interrupted"]
 
 
-def measure_bytes_per_patch(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> float:
-    """Mean bytes per patch of a prepared BLT run's first training batches, counted as
-    ByteLatentTransformer.loss counts them (scored targets / patches starting at them)."""
-    from blt.models.blt import complete_starts
-    from blt.train.blt_setup import blt_sampler
-    from blt.vocab import is_byte
-
-    sampler = blt_sampler(cfg, corpus, run_dir, rank=0)
+def measure_patches(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> dict:
+    """{'targets', 'patches'} summed over a prepared BLT run's first training batches, counted
+    as ByteLatentTransformer.loss counts them (scored targets, patches starting at them)."""
+    sampler = KINDS["blt"].sampler(cfg, corpus, run_dir, 0)
     targets = patches = 0
     for step in range(n_batches):
         batch = sampler.batch(step)
         scored = is_byte(batch["targets"])
         targets += int(scored.sum())
         patches += int((complete_starts(batch["ids"], batch["starts"])[:, 1:] & scored).sum())
-    return targets / max(patches, 1)
+    return {"targets": targets, "patches": patches}
 
 
 def measure_bytes_per_token(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> float:
     """Mean bytes per token of a prepared BPE run's first training batches (targets that are
     BOS, EOS or PAD stand for no bytes and are not counted)."""
-    from blt.data.tokens import load_tokenizer
-    from blt.train.bpe_setup import bpe_sampler
-
-    lengths = load_tokenizer(run_dir).token_lengths()
-    sampler = bpe_sampler(cfg, corpus, run_dir, rank=0)
+    lengths = load_tokenizer(run_dir / layout.TOKENIZER).token_lengths()
+    sampler = KINDS["bpe"].sampler(cfg, corpus, run_dir, 0)
     n_bytes = n_tokens = 0
     for step in range(n_batches):
         per_token = lengths[sampler.batch(step)["targets"].numpy()]
@@ -289,34 +292,36 @@ def measure_bytes_per_token(cfg: RunConfig, corpus, run_dir: Path, n_batches: in
     return n_bytes / max(n_tokens, 1)
 
 
+class LocalEnv:
+    """One process: what a kind's `prepare` needs of a distributed environment."""
+
+    rank, device = 0, "cpu"
+
+    def barrier(self) -> None:
+        pass
+
+
 def plan_cell(study: StudyConfig, cell: str, budget: float, run_dir: Path, corpus, entropy_dir: Path | None):
     """(RunConfig with its steps, plan dict) of a fresh cell; BLT patching prepared in run_dir."""
-    from blt.train.blt_setup import ENTROPY_DIR, prepare_blt
-    from blt.train.bpe_setup import prepare_bpe
-    from blt.train.loop import train_flops_per_position
-
     cfg = cell_run_config(study, cell, 1, entropy_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = {"cell": cell, "budget": budget}
-    env = SimpleNamespace(rank=0, device="cpu")
-    bytes_per_patch = None
+    stats: dict = {}
     if cfg.model_kind == "blt":
-        link = run_dir / ENTROPY_DIR
+        link = run_dir / layout.ENTROPY_DIR
         if cell in ENTROPY_CELLS and not link.exists():  # every entropy cell reads the one shared file
-            os.symlink(os.path.relpath(entropy_dir / ENTROPY_DIR, run_dir), link)
-        cfg = prepare_blt(cfg, corpus, run_dir, env)
-        bytes_per_patch = measure_bytes_per_patch(cfg, corpus, run_dir, study.measure_batches)
-        plan["train_bytes_per_patch"] = bytes_per_patch
+            os.symlink(os.path.relpath(entropy_dir / layout.ENTROPY_DIR, run_dir), link)
+        cfg = kind_of(cfg).prepare(cfg, corpus, run_dir, LocalEnv())
+        stats = measure_patches(cfg, corpus, run_dir, study.measure_batches)
+        plan["train_bytes_per_patch"] = stats["targets"] / max(stats["patches"], 1)
     if cfg.model_kind == "bpe":  # same bytes per window as the other cells: the context in tokens follows
-        prepare_bpe(cfg, corpus, run_dir, env)
+        kind_of(cfg).prepare(cfg, corpus, run_dir, LocalEnv())
         bytes_per_token = measure_bytes_per_token(cfg, corpus, run_dir, study.measure_batches)
         tree = to_dict(cfg)
         tree.update(bpe_tree(study, max(2, round(study.model.context / bytes_per_token))))
         cfg = from_dict(RunConfig, tree)
         plan["train_bytes_per_patch"] = bytes_per_token
-    per_position = train_flops_per_position(cfg, bytes_per_patch)
-    if per_position is None:
-        raise UserError(f"no training-FLOP formula for model_kind '{cfg.model_kind}'")
+    per_position = kind_of(cfg).train_flops_per_position(cfg, stats)
     per_step = per_position * cfg.data.batch_size * cfg.context * cfg.train.grad_accum
     steps = max(1, round(budget / per_step))
     plan.update(train_flops_per_step=per_step, steps=steps, planned_flops=steps * per_step)
@@ -327,26 +332,20 @@ def plan_cell(study: StudyConfig, cell: str, budget: float, run_dir: Path, corpu
 
 
 def final_metrics(run_dir: Path) -> dict:
-    from blt.train.metrics import read_metrics
-
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / layout.METRICS)
     if not rows:
-        raise UserError(f"{run_dir} has no metrics.jsonl rows")
+        raise UserError(f"{run_dir} has no {layout.METRICS} rows")
     return rows[-1]
 
 
 def evaluate_cell(study: StudyConfig, run_dir: Path, pairs) -> dict:
     """bpb, inference FLOPs, patch size and noise robustness of a trained cell."""
-    from blt.checkpoint import load_model
-    from blt.commands.eval import evaluate_run
-    from blt.noise import robustness
-    from blt.train.distributed import pick_device
-
-    model, cfg = load_model(run_dir, pick_device(study.train.device, local_rank=0))
+    run = open_run(run_dir, study.train.device)
     t0 = time.perf_counter()
-    ev = evaluate_run(model, cfg, None, "val", study.eval_bytes, study.eval_batch_size)
+    ev = evaluate_run(run, None, "val", study.eval_bytes, study.eval_batch_size)
     kinds = {kind: study.noise.p for kind in study.noise.kinds}
-    rob = robustness(model, pairs, kinds, study.noise.seed, study.eval_batch_size) if kinds else None
+    scores = partial(run.scores, batch_size=study.eval_batch_size)
+    rob = robustness(scores, pairs, kinds, study.noise.seed) if kinds else None
     out = {
         "bpb": ev["bpb"], "eval_bytes": ev["bytes"], "params": ev["params"],
         "flops_per_byte": ev["flops_per_byte"], "flops_per_byte_with_entropy": ev["flops_per_byte_with_entropy"],
@@ -394,11 +393,6 @@ def _run_cell(study, cell, budget, run_dir, corpus, entropy_dir, pairs):
 
 def prepare_entropy_model(study: StudyConfig, out_dir: Path, corpus) -> dict | None:
     """Train the shared entropy model and write the corpus's entropy file (each once)."""
-    from blt.flops import byte_lm_flops
-    from blt.patching.entropy import write_entropy_file
-    from blt.train.blt_setup import ENTROPY_DIR
-    from blt.train.distributed import pick_device
-
     run_dir = out_dir / "entropy"
     info_path = run_dir / RESULT_FILE
     if info_path.is_file():
@@ -407,8 +401,8 @@ def prepare_entropy_model(study: StudyConfig, out_dir: Path, corpus) -> dict | N
     if not train_to_end(entropy_run_config(study), run_dir):
         return None
     last = final_metrics(run_dir)
-    device = str(pick_device(study.train.device, local_rank=0))
-    ent = write_entropy_file(run_dir, corpus, run_dir / ENTROPY_DIR, device=device, progress=False)
+    device = pick_device(study.train.device)
+    ent = write_run_entropies(run_dir, corpus, run_dir / layout.ENTROPY_DIR, device=device, progress=False)
     flops = byte_lm_flops(study.entropy.model)
     info = {
         "steps": last["step"], "train_flops": last.get("train_flops"), "train_seconds": last["elapsed"],
@@ -440,13 +434,6 @@ def _check_same_study(study: StudyConfig, out_dir: Path) -> None:
 def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or finish) the whole grid and write the report; returns {'cells', 'entropy_model',
     'complete'}."""
-    from tqdm import tqdm
-
-    from blt.data.corpus import open_corpus
-    from blt.evaluate import split_documents
-    from blt.noise import scoring_pairs
-    from blt.study_report import write_report
-
     out_dir = Path(out_dir)
     _check_same_study(study, out_dir)
     corpus = open_corpus(study.data)

@@ -1,6 +1,6 @@
 """Fast byte generation for ByteLM with a KV cache.
 
-    outs = generate_bytes(model, [b"def main(", b"import "], max_new_bytes=64, temperature=0)
+    outs = generate_bytes(model, [b"def main(", b"import "], GenerationArgs(max_new_bytes=64, temperature=0))
 
 Each prompt is encoded as BOS + its bytes. Prompts of a batch are left-padded with PAD at
 position -1, which the attention rule never lets a real query see, so a row's result does not
@@ -17,17 +17,17 @@ pass under that sliding window.
 
 A row stops at EOS (not returned), at the first occurrence of a stop string (cut before it),
 or after max_new_bytes bytes. `on_bytes(row, new_bytes)` streams each row's text as it is
-produced; bytes that might begin a stop string are held back until it is clear they do not.
+produced (`rows.Row`).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
 
-from blt.errors import UserError
-from blt.sampling import check_sampling_args, sample_next
+from blt.inference.args import GenerationArgs
+from blt.inference.rows import OnBytes, Row
+from blt.inference.sampling import sample_next
 from blt.vocab import EOS_ID, PAD_ID, encode
 
 PREFILL_CHUNK = 256  # positions per prefill step: bounds the cache's extra slots and peak memory
@@ -35,36 +35,6 @@ PREFILL_CHUNK = 256  # positions per prefill step: bounds the cache's extra slot
 
 class PromptTruncated(UserWarning):
     """A prompt was longer than the model's context and lost its beginning."""
-
-
-class Row:
-    """One row's output: stop-string detection and held-back streaming."""
-
-    def __init__(self, index: int, stops: list[bytes], on_bytes: Callable | None):
-        self.index, self.stops, self.on_bytes = index, stops, on_bytes
-        self.text = bytearray()
-        self.sent = 0  # bytes already given to on_bytes
-        self.done = False
-
-    def add(self, byte: int) -> None:
-        self.text.append(byte)
-        for s in self.stops:
-            if self.text.endswith(s):
-                del self.text[len(self.text) - len(s) :]
-                self.finish()
-                return
-        # Hold back the longest tail that could still grow into a stop string.
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        self._send(len(self.text) - hold)
-
-    def finish(self) -> None:
-        self.done = True
-        self._send(len(self.text))
-
-    def _send(self, upto: int) -> None:
-        if self.on_bytes is not None and upto > self.sent:
-            self.on_bytes(self.index, bytes(self.text[self.sent : upto]))
-        self.sent = max(self.sent, upto)
 
 
 def _prompt_ids(prompts: list[bytes], context: int) -> list[torch.Tensor]:
@@ -84,34 +54,15 @@ def _prompt_ids(prompts: list[bytes], context: int) -> list[torch.Tensor]:
     return seqs
 
 
-def check_generation_args(max_new_bytes, temperature, top_k, top_p, stop) -> None:
-    """Raise UserError for arguments generate_bytes cannot use (callers may check before loading)."""
-    if max_new_bytes < 0:
-        raise UserError(f"max-new-bytes must be >= 0, got {max_new_bytes}")
-    check_sampling_args(temperature, top_k, top_p)
-    if any(len(s) == 0 for s in stop or []):
-        raise UserError("a stop string must not be empty")
-
-
 @torch.inference_mode()
-def generate_bytes(
-    model,
-    prompts: list[bytes],
-    max_new_bytes: int = 256,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-    stop: list[bytes] | None = None,
-    on_bytes: Callable[[int, bytes], None] | None = None,
-) -> list[bytes]:
+def generate_bytes(model, prompts: list[bytes], args: GenerationArgs = GenerationArgs(),
+                   on_bytes: OnBytes | None = None) -> list[bytes]:
     """Continue every prompt; return the new bytes of each (prompt, EOS and stop string excluded)."""
-    check_generation_args(max_new_bytes, temperature, top_k, top_p, stop)
-    stops = [bytes(s) for s in (stop or [])]
+    args.check()
     context = model.cfg.context
     seqs = _prompt_ids([bytes(p) for p in prompts], context)
-    rows = [Row(i, stops, on_bytes) for i in range(len(prompts))]
-    if not rows or max_new_bytes == 0:
+    rows = [Row(i, args.stop, on_bytes) for i in range(len(prompts))]
+    if not rows or args.max_new_bytes == 0:
         return [b"" for _ in rows]
 
     param = next(model.parameters())
@@ -129,10 +80,10 @@ def generate_bytes(
         logits = model(ids[:, c : c + step], positions=pos[:, c : c + step], cache=cache)  # (B, t, V)
     last = logits[:, -1]  # (B, V): left padding puts every row's newest position last
     next_pos = pos[:, -1] + 1  # (B,)
-    generator = torch.Generator(device=param.device).manual_seed(seed)
+    generator = torch.Generator(device=param.device).manual_seed(args.seed)
 
-    for n in range(max_new_bytes):
-        new = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
+    for n in range(args.max_new_bytes):
+        new = sample_next(last, args.temperature, args.top_k, args.top_p, generator)  # (B,)
         for row, t in zip(rows, new.tolist()):
             if row.done:
                 continue
@@ -140,7 +91,7 @@ def generate_bytes(
                 row.finish()
             else:
                 row.add(t)
-        if all(row.done for row in rows) or n == max_new_bytes - 1:
+        if all(row.done for row in rows) or n == args.max_new_bytes - 1:
             break
         # Finished rows ride along as padding: position -1 is never seen by anyone.
         done = torch.tensor([row.done for row in rows], device=param.device)

@@ -14,7 +14,7 @@ import csv
 import math
 from pathlib import Path
 
-from blt.flops import format_flops
+from blt.evaluation.flops import format_flops
 
 COLUMNS = (
     "cell", "budget", "steps", "train_flops", "flops_vs_budget", "bpb", "eval_bytes", "flops_per_byte",
@@ -110,13 +110,13 @@ def write_markdown(path: Path, study, results: list[dict], entropy_info: dict | 
         "",
         "## How the figures were measured",
         "",
-        "- steps = budget / training FLOPs per step (blt.flops, 3 x forward), a BLT's patch size measured on its "
+        "- steps = budget / training FLOPs per step (blt.evaluation.flops, 3 x forward), a BLT's patch size measured on its "
         "first training batches; *train FLOPs* is what the training loop counted (metrics.jsonl `train_flops`), "
         "each step charged with the patch size of its own batch.",
         "- *bpb*: bits per byte over the evaluation bytes; *infer. FLOP/byte*: forward FLOPs per byte at the "
         "patch size the model's patcher cuts those bytes into (*bytes/patch*; bytes per token for BPE, 1 for bytes); "
         "*with entropy model* adds the entropy model's forward pass.",
-        "- *+bpb KIND*: robustness (blt/noise.py): bpb of clean continuations after a noised prefix minus bpb of the "
+        "- *+bpb KIND*: robustness (blt/evaluation/noise.py): bpb of clean continuations after a noised prefix minus bpb of the "
         f"same continuations after the clean prefix, on {study.noise.max_pairs} or fewer pairs of "
         f"{study.noise.prefix} + {study.noise.continuation} bytes cut from the evaluation bytes.",
     ]

@@ -20,14 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from blt.config import to_dict
 from blt.errors import UserError
-
-LATEST = "LATEST"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from blt.files import atomic_write_text
+from blt.runs import layout
+from blt.runs.layout import LATEST
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -35,21 +30,21 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, cfg, train_state: dict, keep: int = 2) -> Path:
-    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root = Path(run_dir) / layout.CHECKPOINTS
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:07d}"
+    name = layout.checkpoint_name(step)
     final = ckpt_root / name
     tmp = ckpt_root / f".{name}.tmp{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
-    (tmp / "model.json").write_text(json.dumps({"step": step, "config": to_dict(cfg)}, indent=1))
-    torch.save(train_state, tmp / "train_state.pt")
+    save_file(model_state(model), str(tmp / layout.WEIGHTS))
+    (tmp / layout.MODEL_INFO).write_text(json.dumps({"step": step, "config": to_dict(cfg)}, indent=1))
+    torch.save(train_state, tmp / layout.TRAIN_STATE)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_write_text(ckpt_root / LATEST, name)
+    atomic_write_text(ckpt_root / LATEST, name)
     if keep > 0:
         for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -57,19 +52,19 @@ def save_checkpoint(run_dir: Path, step: int, model, cfg, train_state: dict, kee
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root = Path(run_dir) / layout.CHECKPOINTS
     marker = ckpt_root / LATEST
     if not marker.is_file():
         raise UserError(f"{run_dir} holds no checkpoint (no {marker.relative_to(run_dir)})")
     path = ckpt_root / marker.read_text().strip()
-    if not (path / "model.safetensors").is_file():
-        raise UserError(f"checkpoint {path} is missing its model.safetensors")
+    if not (path / layout.WEIGHTS).is_file():
+        raise UserError(f"checkpoint {path} is missing its {layout.WEIGHTS}")
     return path
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     try:
-        state = load_file(str(ckpt / "model.safetensors"))
+        state = load_file(str(ckpt / layout.WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is corrupted: {str(e).splitlines()[0]}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -80,20 +75,6 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
 
 def load_train_state(ckpt: Path) -> dict:
     try:
-        return torch.load(ckpt / "train_state.pt", weights_only=True, map_location="cpu")
+        return torch.load(ckpt / layout.TRAIN_STATE, weights_only=True, map_location="cpu")
     except Exception as e:  # any unreadable file is the user's corrupted checkpoint
         raise UserError(f"checkpoint {ckpt} has an unreadable train_state.pt ({e.__class__.__name__})") from None
-
-
-def load_model(run_dir: str | Path, device="cpu"):
-    """Rebuild a run's model from its config and newest checkpoint, in eval mode."""
-    from blt.run import build_model, load_run_config
-
-    cfg = load_run_config(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    model = build_model(cfg, run_dir)
-    model.to(device)
-    model.init_weights()  # non-persistent buffers (RoPE tables); weights are overwritten below
-    load_weights(model, ckpt)
-    model.eval()
-    return model, cfg

@@ -29,7 +29,8 @@ tail too short for a whole pair is left out. Every pair is scored as a document 
     increase    = noised bpb - clean bpb
 Both figures score the very same bytes, so the increase is a fair difference, and noise that
 changes the prefix's length (drop, repeat) cannot misalign what is scored. `robustness` runs
-several kinds over one set of pairs and shares the clean pass between them.
+several kinds over one set of pairs, with any per-byte scorer, and shares the clean pass
+between them.
 """
 from __future__ import annotations
 
@@ -156,13 +157,11 @@ def pair_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def continuation_nats(model, pairs: list[tuple[bytes, bytes]], batch_size: int = 16) -> float:
-    """Total nats `model` spends on the continuations, each scored after its own prefix."""
+def continuation_nats(scores, pairs: list[tuple[bytes, bytes]]) -> float:
+    """Total nats a per-byte scorer (blt.evaluation.bpb.ByteScores) spends on the
+    continuations, each scored after its own prefix."""
     docs = [np.frombuffer(a + b, dtype=np.uint8) for a, b in pairs]
-    was_training = model.training
-    model.eval()
-    per_doc = model.score_documents(docs, batch_size=batch_size)
-    model.train(was_training)
+    per_doc = scores(docs)
     total = 0.0
     for nats, (_, b) in zip(per_doc, pairs):
         total += float(np.sum(nats[len(nats) - len(b):], dtype=np.float64))  # the continuation's bytes only
@@ -173,9 +172,7 @@ def noised_pairs(pairs: list[tuple[bytes, bytes]], kind: str, p: float | None, s
     return [(noise(a, kind, p, pair_seed(seed, i)), b) for i, (a, b) in enumerate(pairs)]
 
 
-def robustness(
-    model, pairs: list[tuple[bytes, bytes]], kinds: dict[str, float | None], seed: int = 0, batch_size: int = 16
-) -> dict:
+def robustness(scores, pairs: list[tuple[bytes, bytes]], kinds: dict[str, float | None], seed: int = 0) -> dict:
     """{'clean_bpb', 'pairs', 'bytes', 'kinds': {kind: {'p', 'bpb', 'increase'}}} on these pairs.
 
     kinds maps each noise kind to its probability (None = its default)."""
@@ -183,30 +180,10 @@ def robustness(
         raise UserError("no scoring pairs: the evaluation text is shorter than one prefix + continuation")
     n_bytes = sum(len(b) for _, b in pairs)
     scale = 1.0 / (math.log(2) * n_bytes)
-    clean = continuation_nats(model, pairs, batch_size) * scale
+    clean = continuation_nats(scores, pairs) * scale
     out = {"clean_bpb": clean, "pairs": len(pairs), "bytes": n_bytes, "kinds": {}}
     for kind, p in kinds.items():
         p = check_noise(kind, p)
-        bpb = continuation_nats(model, noised_pairs(pairs, kind, p, seed), batch_size) * scale
+        bpb = continuation_nats(scores, noised_pairs(pairs, kind, p, seed)) * scale
         out["kinds"][kind] = {"p": p, "bpb": bpb, "increase": bpb - clean}
     return out
-
-
-def noise_report(
-    model, cfg, data: str | None, split: str, max_bytes: int | None, kind: str,
-    p: float | None = None, seed: int = 0, batch_size: int = 16,
-) -> dict:
-    """`blt eval --noise`: clean and noised bpb of a run's model on pairs cut from (the first
-    max_bytes of) a split of its corpus, or of `data`; flat keys for the command's JSON."""
-    from blt.data.corpus import load_corpus, open_corpus, resolve_corpus
-    from blt.evaluate import split_documents
-
-    p = check_noise(kind, p)
-    corpus = open_corpus(cfg.data) if data is None else load_corpus(resolve_corpus(data), "auto", cfg.data.data_dir)
-    pairs = scoring_pairs(split_documents(corpus.split(split), max_bytes))
-    r = robustness(model, pairs, {kind: p}, seed, batch_size)
-    k = r["kinds"][kind]
-    return {
-        "noise": kind, "noise_p": p, "noise_seed": seed, "noise_pairs": r["pairs"], "noise_bytes": r["bytes"],
-        "clean_pair_bpb": r["clean_bpb"], "noised_pair_bpb": k["bpb"], "noise_bpb_increase": k["increase"],
-    }
