@@ -44,6 +44,7 @@ from blt.inference.rows import OnBytes, run_rows
 from blt.models.cached_stack import CachedStack
 from blt.models.latent import patch_start_positions
 from blt.patching.entropy import entropy, prediction_entropies
+from blt.models.hash_ngram import MISSING
 from blt.vocab import PAD_ID
 
 PREFILL_MAX = 2048  # prompt positions run in one pass (its masks are (B, 1, T, T)); the rest step
@@ -62,7 +63,7 @@ class IncrementalBLT:
         model.check_patching()
         cfg, enc, dec = model.cfg, model.encoder, model.decoder
         self.model, self.patcher, self.B, self.N = model, model.patcher, batch, max_positions
-        ref = enc.stack.norm.weight
+        ref = enc.embed.byte_embed.weight
         dev = ref.device
         C = cfg.context
         self.uses_entropy = self.patcher.needs_entropy
@@ -74,21 +75,23 @@ class IncrementalBLT:
         self.lat_stack = CachedStack(model.latent.stack, batch, min(model.latent.span, C), max_positions,
                                      per_row=True, start_span=C)
         self.dec_stack = CachedStack(dec.stack, batch, dec.byte_span, max_positions)
-        self.recent = torch.full((batch, enc.embed.max_n), PAD_ID, dtype=torch.long, device=dev)
+        self.recent = torch.full((batch, enc.embed.max_n), MISSING, dtype=torch.long, device=dev)
         # the patcher's history: position p+1 holds the PAD placeholder when it decides starts[p+1]
         self.ids = torch.full((batch, max_positions + 1), PAD_ID, dtype=torch.long, device=dev)
         self.ent = torch.zeros(batch, max_positions + 1, device=dev)
         self.start = torch.zeros(batch, max_positions + 1, dtype=torch.bool, device=dev)
         self.start[:, 0] = True
         self.p = 0
-        # the open patch: byte states since the row's last start, pooled when the patch closes
-        self.open_states = ref.new_zeros(batch, 16, enc.cfg.dim)  # zeros: masked bytes still enter pooling
+        # the open patch: byte states since the row's last start (one set per pooling
+        # cross-attention), pooled when the patch closes; zeros: masked bytes still enter pooling
+        self.open_states = ref.new_zeros(enc.pool_layers, batch, 16, enc.cfg.dim)  # (Lp, B, L, De)
         self.open_len = torch.zeros(batch, dtype=torch.long, device=dev)
         self.open_max = 0
         self.rows = torch.arange(batch, device=dev)
-        # the decoder's cross-attention keys/values from each row's newest closed patch
+        # the decoder's cross-attention keys/values from each row's newest closed patch, one
+        # pair per decoder cross-attention: (Lc, B, Hkv, k, Dh) each
         dh = dec.cfg.dim // dec.cfg.n_heads
-        self.slot_k = ref.new_zeros(batch, dec.cfg.n_heads, cfg.k, dh)  # (B, H, k, Dh)
+        self.slot_k = ref.new_zeros(len(dec.crosses), batch, dec.cfg.kv_heads, cfg.k, dh)
         self.slot_v = torch.zeros_like(self.slot_k)
 
     @property
@@ -99,25 +102,30 @@ class IncrementalBLT:
     def entropies(self) -> torch.Tensor:
         return self.ent[:, : self.p + 1]
 
-    def _append_open(self, e: torch.Tensor):
-        if self.open_max == self.open_states.shape[1]:
-            grown = self.open_states.new_zeros(self.B, 2 * self.open_max, e.shape[-1])
-            grown[:, : self.open_max] = self.open_states
+    def _append_open(self, states: list[torch.Tensor]):
+        """The newest byte's states (one (B, De) per pooling cross-attention) join the open patch."""
+        if self.open_max == self.open_states.shape[2]:
+            grown = self.open_states.new_zeros(*self.open_states.shape[:2], 2 * self.open_max, self.open_states.shape[3])
+            grown[:, :, : self.open_max] = self.open_states
             self.open_states = grown
-        self.open_states[self.rows, self.open_len] = e
+        self.open_states[:, self.rows, self.open_len] = torch.stack(states)
         self.open_len += 1
         self.open_max += 1
+
+    def _set_slots(self, rows: torch.Tensor, latent: torch.Tensor):
+        """The decoder's keys/values for `rows` from their newest latent outputs (n, Dl)."""
+        for i, (k, v) in enumerate(self.model.decoder.slot_keys_values(latent)):
+            self.slot_k[i, rows], self.slot_v[i, rows] = k, v
 
     def _close(self, rows: torch.Tensor):
         """Pool the open patch of `rows`, step the latent for them, refresh their decoder slots."""
         lens = self.open_len[rows]  # (n,)
         L = int(lens.max())
-        states = self.open_states[:, :L].index_select(0, rows)  # (n, L, De)
+        states = list(self.open_states[:, :, :L].index_select(1, rows))  # [(n, L, De)] per pooling layer
         valid = torch.arange(L, device=rows.device) < lens[:, None]  # (n, L)
         patch = self.model.encoder.pool_patch(states, valid)  # (n, Dl)
         first_byte = self.p + 1 - lens  # the closing patch holds positions p+1-len .. p
-        latent = self.lat_stack.step(patch, rows, first_byte)  # (n, Dl)
-        self.slot_k[rows], self.slot_v[rows] = self.model.decoder.slot_keys_values(latent)
+        self._set_slots(rows, self.lat_stack.step(patch, rows, first_byte))  # latent (n, Dl)
         self.open_len[rows] = 0
         self.open_max = int(self.open_len.max())
 
@@ -135,31 +143,32 @@ class IncrementalBLT:
         if self.uses_entropy:
             logits = model.entropy_model(x, positions=pos, cache=self.ent_stack.prefill(pos))  # (B, m, V)
             self.ent[:, 1 : m + 1] = prediction_entropies(logits)[:, 1:]
-        e = enc.byte_states(x, pos, self.enc_stack.prefill(pos))  # (B, m, De)
-        self.recent = torch.nn.functional.pad(x, (self.recent.shape[1], 0), value=PAD_ID)[:, -self.recent.shape[1]:]
+        e, pool_states = enc.byte_states(x, pos, self.enc_stack.prefill(pos))  # (B, m, De), [(B, m, De)]
+        self.recent = torch.nn.functional.pad(x, (self.recent.shape[1], 0), value=MISSING)[:, -self.recent.shape[1]:]
         ent = self.ent[:, : m + 1] if self.uses_entropy else None
         self.start[:, : m + 1] = self.patcher.starts(self.ids[:, : m + 1], ent)
         # pool every patch holding an input, as LocalEncoder does; the latent takes the closed ones
         patch = self.start[:, : m + 1].long().cumsum(1) - 1  # (B, m+1)
         byte_patch, closed = patch[:, :m], patch[:, m]  # closed (B,): patches that end before m
         P = int(byte_patch[:, -1].max()) + 1
-        patches = enc.pool_patches(e, byte_patch, byte_patch[:, -1] + 1, P)  # (B, P, Dl)
+        patches = enc.pool_patches(pool_states, byte_patch, byte_patch[:, -1] + 1, P)  # (B, P, Dl)
         idx = torch.arange(P, device=x.device).expand(B, P)
         lat_pos = torch.where(idx < closed[:, None], idx, -1)  # the open patch is padding here
         first_bytes = patch_start_positions(byte_patch, P)  # (B, P)
         latent = model.latent.stack(patches, lat_pos, cache=self.lat_stack.prefill(lat_pos, first_bytes))  # (B, P, Dl)
-        self.slot_k, self.slot_v = dec.slot_keys_values(latent[self.rows, closed - 1])
+        self._set_slots(self.rows, latent[self.rows, closed - 1])
         # the decoder, THE DECODER RULE: input p reads patch(p+1) - 1
         h = dec.hidden(x, e, latent, patch[:, 1:] - 1, pos, self.dec_stack.prefill(pos))  # (B, m, Dd)
         # the open patch: the inputs after the last closed patch
         D = e.shape[-1]
         self.open_len = (byte_patch == closed[:, None]).sum(1)
         self.open_max = int(self.open_len.max())
-        while self.open_states.shape[1] < self.open_max:
-            self.open_states = torch.cat([self.open_states, torch.zeros_like(self.open_states)], 1)
+        while self.open_states.shape[2] < self.open_max:
+            self.open_states = torch.cat([self.open_states, torch.zeros_like(self.open_states)], 2)
         j = torch.arange(self.open_max, device=x.device)
-        src = (m - self.open_len[:, None] + j).clamp(max=m - 1)  # (B, L); past a row's length: unused
-        self.open_states[:, : self.open_max] = e.gather(1, src[..., None].expand(-1, -1, D))
+        src = (m - self.open_len[:, None] + j).clamp(max=m - 1)[..., None].expand(-1, -1, D)  # (B, L, D)
+        for i, states in enumerate(pool_states):  # past a row's length: unused
+            self.open_states[i, :, : self.open_max] = states.gather(1, src)
         self.p = m
         return dec.logits(h[:, -1])  # (B, V)
 
@@ -173,8 +182,11 @@ class IncrementalBLT:
             em = self.model.entropy_model
             self.ent[:, p + 1] = entropy(em.head(self.ent_stack.step(em.embed(x))))
         self.recent = torch.cat([self.recent[:, 1:], x[:, None]], dim=1)  # (B, max_n), newest last
-        e = self.enc_stack.step(self.model.encoder.embed.embed_newest(self.recent))  # (B, De)
-        self._append_open(e)
+        enc = self.model.encoder
+        layers = []
+        keep = (lambda i, h: layers.append(h) or h) if enc.every_layer else None
+        e = self.enc_stack.step(enc.embed.embed_newest(self.recent), after_layer=keep)  # (B, De)
+        self._append_open(layers[:-1] + [e] if enc.every_layer else [e])
         ent = self.ent[:, : p + 2] if self.uses_entropy else None
         start = self.patcher.starts(self.ids[:, : p + 2], ent)[:, p + 1]  # (B,)
         self.start[:, p + 1] = start
@@ -183,9 +195,15 @@ class IncrementalBLT:
         if rows.numel():
             self._close(rows)
         dec = self.model.decoder
-        h = dec.read_slots(dec.inputs(e), self.slot_k, self.slot_v)  # (B, Dd)
+
+        def read(i, h):  # cross-attention i: to the row's newest closed patch
+            return dec.read_slots(i, h, self.slot_k[i], self.slot_v[i])
+
+        h = dec.inputs(e)  # (B, Dd)
+        if not dec.every_layer:
+            h = read(0, h)
         self.p += 1
-        return dec.logits(self.dec_stack.step(h))  # (B, V)
+        return dec.logits(self.dec_stack.step(h, before_layer=read if dec.every_layer else None))  # (B, V)
 
 
 @torch.inference_mode()

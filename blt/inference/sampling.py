@@ -5,15 +5,15 @@
 temperature 0 means greedy (argmax). Otherwise logits are divided by the temperature, cut to
 the top_k most likely ids and/or to the smallest set whose probability reaches top_p
 (nucleus), and one id is drawn per row with the given torch.Generator, so a seed reproduces a
-sample exactly. BOS and PAD are never produced: they are not text, and the only special id a
-model may emit is EOS (end of document, which ends generation).
+sample exactly. BOS, PAD and BOE are never produced: they are not text, and the only special
+id a model may emit is EOS (end of document, which ends generation).
 """
 from __future__ import annotations
 
 import torch
 
 from blt.errors import UserError
-from blt.vocab import BOS_ID, PAD_ID
+from blt.vocab import EOS_ID
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -34,7 +34,9 @@ def sample_next(
 ) -> torch.Tensor:
     """One id per row. (B,) int64"""
     logits = logits.float().clone()
-    logits[:, [BOS_ID, PAD_ID]] = float("-inf")
+    eos = logits[:, EOS_ID].clone()
+    logits[:, 256:] = float("-inf")  # every special id (BOS, PAD, BOE) but EOS
+    logits[:, EOS_ID] = eos
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature

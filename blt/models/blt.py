@@ -13,8 +13,9 @@ THE DECODER RULE, which keeps the future out: the prediction made at input posit
 the id at p+1) reads only the latent output of patch(p+1) - 1, the last patch that closed at
 or before p. Every byte of that patch, and of every patch the latent let it see, is <= p, and
 starts[:p+2] depend only on ids[:p+1] (but for the start forced at a BOS, whose target is never
-scored), so nothing after byte p reaches the prediction. The first real byte (position 1, always a start) is predicted from the BOS patch. Reading
-patch(p+1) itself would leak the target's own patch (tests/test_no_leak.py checks both).
+scored), so nothing after byte p reaches the prediction. The first real byte (position 1,
+always a start) is predicted from the BOS patch. Reading patch(p+1) itself would leak the
+target's own patch (tests/test_no_leak.py checks both).
 
 Starts are completed with the forced ones (q = 0, q = 1, BOS, after BOS) whatever the
 patcher gave, so a patch never spans two documents. The model is built first and initialised
@@ -24,6 +25,14 @@ Inputs longer than `context` (scoring long documents) are run the way the levels
 attention spans min(window, context) bytes and the latent sees patches starting within the
 last `context` bytes (latent.py), so every byte gets the left context it had in training.
 
+ARCHITECTURE OPTIONS (BLTConfig, ARCHITECTURES): the released BLTs differ from this toolkit's
+first design in six choices, each an option honoured by training, scoring and both generation
+paths: the vocabulary (260 ids, with their numbering in the n-gram hashes), the hash term order
+and padding, the cross-attention residual (2x + o), no final norm after the encoder and after
+the latent, and cross-attention before every decoder block; the paper's cross-attention after
+every encoder layer is a seventh. `arch: released` sets the released column; `arch: toolkit`
+(the default, and what every older run directory holds) the first.
+
 The network does not patch: a run attaches its patcher and, for entropy patchers, a frozen
 entropy model (a ByteLM, saved under 'entropy_model.') with `set_patching`; blt.patching
 computes starts with them and blt.inference generates with them.
@@ -31,6 +40,7 @@ computes starts with them and blt.inference generates with them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +55,21 @@ from blt.models.local_encoder import LocalEncoder
 from blt.models.masks import document_ids
 from blt.models.transformer import TransformerConfig
 from blt.vocab import BOS_ID, is_byte
+
+
+# The architecture choices in which the released BLTs (and transformers' port of them) differ from
+# this toolkit's first models; `arch` picks a column, any field set explicitly wins.
+ARCHITECTURES = {
+    #                   toolkit          released
+    "vocab": ("bytes", "released"),  # 259 ids / the released 260 (blt.vocab)
+    "hash_order": ("newest_first", "oldest_first"),  # n-gram hash term order and padding (hash_ngram.py)
+    "cross_residual": ("single", "double"),  # cross-attention: x + o / 2x + o (cross_attention.py)
+    "encoder_cross": ("last", "last"),  # 'every_layer': the paper's pooling after every encoder layer
+    "decoder_cross": ("first", "every_layer"),  # cross-attention before the first / every decoder block
+    "latent_projection": ("always", "when_widths_differ"),  # k*D_enc -> D_latent projection
+    "encoder_final_norm": (True, False),  # an RMSNorm after the encoder's / the latent's last block
+    "latent_final_norm": (True, False),
+}
 
 
 @dataclass
@@ -64,8 +89,31 @@ class BLTConfig:
     hash_ngram_sizes: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     n_hash_functions: int = 1
     hash_buckets: int = 30000  # rows of each hash n-gram table
+    # architecture options (ARCHITECTURES); null = the `arch` preset's choice
+    arch: Literal["toolkit", "released"] = "toolkit"
+    vocab: Literal["bytes", "released"] | None = None
+    hash_order: Literal["newest_first", "oldest_first"] | None = None
+    cross_residual: Literal["single", "double"] | None = None
+    encoder_cross: Literal["last", "every_layer"] | None = None
+    decoder_cross: Literal["first", "every_layer"] | None = None
+    latent_projection: Literal["always", "when_widths_differ"] | None = None
+
+    def __post_init__(self):
+        self.resolve_architecture()
+
+    def resolve_architecture(self):
+        """Fill every option left null with the `arch` preset's choice (final norms: in the parts)."""
+        column = ("toolkit", "released").index(self.arch)
+        for name, choices in ARCHITECTURES.items():
+            if name.endswith("_final_norm"):
+                part = getattr(self, name.removesuffix("_final_norm"))
+                if part.final_norm is None:
+                    part.final_norm = choices[column]
+            elif getattr(self, name) is None:
+                setattr(self, name, choices[column])
 
     def validate(self):
+        self.resolve_architecture()
         for part in (self.encoder, self.latent, self.decoder):
             part.validate()
         if self.context < 2:
@@ -108,9 +156,13 @@ class ByteLatentTransformer(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.encoder = LocalEncoder(cfg.encoder, cfg.latent.dim, cfg.k, cfg.hash_ngram_sizes,
-                                    cfg.n_hash_functions, cfg.hash_buckets, cfg.context)
+                                    cfg.n_hash_functions, cfg.hash_buckets, cfg.context, vocab=cfg.vocab,
+                                    hash_order=cfg.hash_order, cross_residual=cfg.cross_residual,
+                                    cross_layers=cfg.encoder_cross, latent_projection=cfg.latent_projection)
         self.latent = LatentTransformer(cfg.latent, cfg.latent_span, cfg.context)
-        self.decoder = LocalDecoder(cfg.decoder, cfg.encoder.dim, cfg.latent.dim, cfg.k, cfg.context)
+        self.decoder = LocalDecoder(cfg.decoder, cfg.encoder.dim, cfg.latent.dim, cfg.k, cfg.context,
+                                    vocab=cfg.vocab, cross_residual=cfg.cross_residual,
+                                    cross_layers=cfg.decoder_cross)
         self.patcher = None  # a blt.patching.patchers.Patcher: how this model's inputs are cut
         self.entropy_model = None  # a frozen ByteLM when the patcher needs entropies
 

@@ -2,7 +2,8 @@
 
     ids (B, T) -> embedding (B, T, D) -> TransformerStack -> linear head -> logits (B, T, V)
 
-The vocabulary is the 256 byte values plus BOS/EOS/PAD (`blt.vocab`). Training windows may
+The vocabulary is the 256 byte values plus BOS/EOS/PAD (`blt.vocab`), and BOE for the released
+models' patchers (`vocab: released`). Training windows may
 hold several documents ([BOS bytes EOS]...): attention is then masked per document, so no
 prediction ever sees another document. Targets that are BOS or PAD are not scored (BOS only
 follows EOS, across a document boundary). `context` is the window length the model was
@@ -12,6 +13,7 @@ min(window, context) keys, never showing it more than it saw in training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +22,13 @@ from torch import nn
 from blt.errors import UserError
 from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
-from blt.vocab import BOS_ID, PAD_ID, VOCAB_SIZE
+from blt.vocab import BOS_ID, PAD_ID, VOCAB_SIZES
 
 
 @dataclass
 class ByteLMConfig(TransformerConfig):
     context: int = 256  # training window length, in bytes
+    vocab: Literal["bytes", "released"] = "bytes"  # 259 ids, or the released models' 260 (blt.vocab)
 
     def validate(self):
         super().validate()
@@ -47,9 +50,9 @@ class ByteLM(nn.Module):
     def __init__(self, cfg: ByteLMConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(VOCAB_SIZE, cfg.dim)
+        self.embed = nn.Embedding(VOCAB_SIZES[cfg.vocab], cfg.dim)
         self.stack = TransformerStack(cfg)
-        self.head = nn.Linear(cfg.dim, VOCAB_SIZE, bias=False)
+        self.head = nn.Linear(cfg.dim, VOCAB_SIZES[cfg.vocab], bias=False)
 
     @torch.no_grad()
     def init_weights(self):

@@ -1,10 +1,15 @@
 """A TransformerStack decoding one position per step, with a preallocated ring-buffer cache.
 
 The fused twin of `transformer.TransformerStack` for incremental generation: the same blocks
-and the same arithmetic (RMSNorm, RoPE in apply_rotary's half-split form, SDPA, SwiGLU), with
-q|k|v and w1|w3 fused into one matmul each and weights laid out for `x @ W` (fewer, larger
-matmuls per step: ~25% faster than F.linear for a few rows here). Exactness tests pin it to the
-stack's own forward (tests/test_blt_generate.py).
+and the same arithmetic (RMSNorm, RoPE in apply_rotary's half-split form, SDPA, SwiGLU), one
+position per row per step. Exactness tests pin it to the stack's own forward
+(tests/test_blt_generate.py).
+
+Weights: a small stack gets q|k|v and w1|w3 fused into one matmul each and laid out for
+`x @ W` (fewer, larger matmuls per step: ~25% faster than F.linear for a few rows here). A stack
+whose weights exceed FUSE_MAX_BYTES computes with its own parameters, never copying them: at
+that size each step streams the weights from memory anyway, and a copy would double the memory
+of a released model.
 
 - per_row=False: every step advances all B rows to the same next position, so the valid keys
   are the first min(count, capacity) slots and attention needs no mask.
@@ -14,7 +19,7 @@ stack's own forward (tests/test_blt_generate.py).
   `start_span` bytes before its own (`latent.byte_span_mask`, the rule of the latent's forward).
 With capacity = window the ring holds exactly the last `window` positions of a row.
 `prefill` hands TransformerStack.forward a cache for one pass over a prompt that leaves the
-ring as that many steps would.
+ring as that many steps would. `step`'s before_layer / after_layer hooks are the stack's own.
 """
 from __future__ import annotations
 
@@ -24,28 +29,67 @@ import torch.nn.functional as F
 from blt.models.masks import attention_mask
 from blt.models.transformer import TransformerStack
 
+FUSE_MAX_BYTES = 256 << 20  # stacks up to this many bytes of weights get fused copies
+
 
 def transposed(*weights: torch.Tensor) -> torch.Tensor:
     """Linear weights (out, in), stacked along out, as one contiguous (in, sum of out) matrix."""
     return torch.cat(weights).t().contiguous()
 
 
+class _Fused:
+    """One block's weights, fused and transposed: x @ W."""
+
+    def __init__(self, block):
+        a, f = block.attn, block.ffn
+        self.qkv = transposed(a.wq.weight, a.wk.weight, a.wv.weight)
+        self.o, self.w13, self.w2 = transposed(a.wo.weight), transposed(f.w1.weight, f.w3.weight), transposed(f.w2.weight)
+
+    def project_qkv(self, x):
+        return torch.mm(x, self.qkv)
+
+    def out(self, x, y):
+        return torch.addmm(x, y, self.o)
+
+    def gate_up(self, x):
+        return torch.mm(x, self.w13).chunk(2, dim=-1)
+
+    def down(self, x, y):
+        return torch.addmm(x, y, self.w2)
+
+
+class _Shared:
+    """One block's weights as the module holds them (no copy): F.linear."""
+
+    def __init__(self, block):
+        self.attn, self.ffn = block.attn, block.ffn
+
+    def project_qkv(self, x):
+        a = self.attn
+        return torch.cat([F.linear(x, a.wq.weight), F.linear(x, a.wk.weight), F.linear(x, a.wv.weight)], -1)
+
+    def out(self, x, y):
+        return x + F.linear(y, self.attn.wo.weight)
+
+    def gate_up(self, x):
+        return F.linear(x, self.ffn.w1.weight), F.linear(x, self.ffn.w3.weight)
+
+    def down(self, x, y):
+        return x + F.linear(y, self.ffn.w2.weight)
+
+
 class CachedStack:
     def __init__(self, stack: TransformerStack, batch: int, window: int, max_positions: int,
                  per_row: bool = False, start_span: int | None = None):
         cfg = stack.cfg
-        ref = stack.norm.weight
+        ref = stack.layers[0].attn_norm.weight
         self.H, self.Hkv, self.Dh, self.eps = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.norm_eps
         self.window, self.cap = window, max(1, min(window, max_positions))
         self.per_row, self.start_span = per_row, start_span
-        self.layers = []
-        for block in stack.layers:
-            a, f = block.attn, block.ffn
-            self.layers.append((
-                block.attn_norm.weight, transposed(a.wq.weight, a.wk.weight, a.wv.weight), transposed(a.wo.weight),
-                block.ffn_norm.weight, transposed(f.w1.weight, f.w3.weight), transposed(f.w2.weight),
-            ))
-        self.norm = stack.norm.weight
+        size = sum(p.numel() * p.element_size() for p in stack.parameters())
+        kind = _Fused if size <= FUSE_MAX_BYTES else _Shared
+        self.layers = [(b.attn_norm.weight, b.ffn_norm.weight, kind(b)) for b in stack.layers]
+        self.norm = None if stack.norm is None else stack.norm.weight
         # slots are allocated as the rows fill them (doubling), so a cache sized for the worst
         # case (a patch per byte) costs what the positions actually seen need; zeros, not empty:
         # a masked slot still enters the products, and garbage may be NaN
@@ -80,7 +124,8 @@ class CachedStack:
             mask = mask & near[:, None, None]
         return mask
 
-    def step(self, x: torch.Tensor, rows: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, rows: torch.Tensor | None = None, start: torch.Tensor | None = None,
+             before_layer=None, after_layer=None) -> torch.Tensor:
         """x (n, D): the next position of every row, or of `rows` (n,) when per_row, whose keys
         start at `start` (n,) when the stack has a start_span -> (n, D)"""
         n = x.shape[0]
@@ -107,8 +152,10 @@ class CachedStack:
                 self._grow(self.count)
             n_keys, mask = min(self.count, self.cap), None
             rope_c, rope_s = self.rope_c[pos], self.rope_s[pos]  # (Dh,)
-        for layer, (w_an, w_qkv, w_o, w_fn, w_13, w_2) in enumerate(self.layers):
-            qkv = torch.mm(F.rms_norm(x, (x.shape[-1],), w_an, self.eps), w_qkv)  # (n, (H+2Hkv)*Dh)
+        for layer, (w_an, w_fn, w) in enumerate(self.layers):
+            if before_layer is not None:
+                x = before_layer(layer, x)
+            qkv = w.project_qkv(F.rms_norm(x, (x.shape[-1],), w_an, self.eps))  # (n, (H+2Hkv)*Dh)
             qk = qkv[:, : (H + Hkv) * Dh].view(n, H + Hkv, 1, Dh)
             qk = torch.addcmul(qk * rope_c, qk.roll(Dh // 2, -1), rope_s)
             k, v = qk[:, H:, 0], qkv[:, (H + Hkv) * Dh :].view(n, Hkv, Dh)
@@ -122,10 +169,12 @@ class CachedStack:
             if self.per_row and subset:
                 keys, values = keys.index_select(0, rows), values.index_select(0, rows)
             y = F.scaled_dot_product_attention(qk[:, :H], keys, values, attn_mask=mask, enable_gqa=gqa)
-            x = torch.addmm(x, y.view(n, H * Dh), w_o)
-            gate, up = torch.mm(F.rms_norm(x, (x.shape[-1],), w_fn, self.eps), w_13).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate) * up, w_2)
-        return F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
+            x = w.out(x, y.view(n, H * Dh))
+            gate, up = w.gate_up(F.rms_norm(x, (x.shape[-1],), w_fn, self.eps))
+            x = w.down(x, F.silu(gate) * up)
+            if after_layer is not None:
+                x = after_layer(layer, x)
+        return x if self.norm is None else F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)
 
 
 class PrefillCache:

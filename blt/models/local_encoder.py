@@ -6,14 +6,20 @@
 
 Pooling: each patch gets k query vectors, initialised by max-pooling the byte states of the
 patch and projecting D_enc -> k*D_enc; the queries of patch j attend only to the bytes of
-patch j. The k outputs are concatenated and projected to the latent width. A patch vector
-therefore depends on its own bytes (and, through the causal byte blocks, on bytes before
-them), never on a later byte. Rows are padded to P patches; a padding patch's queries attend
-to every byte of the row so its (unused) vector stays finite.
+patch j. The k outputs are concatenated and projected to the latent width (or passed as they
+are when k*D_enc is the latent width and `latent_projection` is 'when_widths_differ', as in the
+released models). A patch vector therefore depends on its own bytes (and, through the causal
+byte blocks, on bytes before them), never on a later byte. Rows are padded to P patches; a
+padding patch's queries attend to every byte of the row so its (unused) vector stays finite.
+
+`cross_layers` 'last': the queries cross-attend once, to the stack's output. 'every_layer' (the
+paper's form): the queries are made from the first layer's states and cross-attend after every
+layer to that layer's states (the last one's after the final norm, if any), each layer with its
+own weights, accumulating.
 
 Byte attention spans min(window, context) bytes, so a window longer than the training context
 (scoring) gives every byte the span it had in training. `pool_patch` pools one patch per row
-(incremental generation), the same arithmetic as `pool_patches`.
+(incremental generation) from the same per-layer states, the same arithmetic as `pool_patches`.
 """
 from __future__ import annotations
 
@@ -39,15 +45,23 @@ def pool_mask(byte_patch: torch.Tensor, n_patches: torch.Tensor, P: int, k: int)
 
 class LocalEncoder(nn.Module):
     def __init__(self, cfg: TransformerConfig, latent_dim: int, k: int, ngram_sizes: list[int],
-                 n_hash_functions: int, hash_buckets: int, context: int):
+                 n_hash_functions: int, hash_buckets: int, context: int, *, vocab: str = "bytes",
+                 hash_order: str = "newest_first", cross_residual: str = "single", cross_layers: str = "last",
+                 latent_projection: str = "always"):
         super().__init__()
         self.cfg, self.k = cfg, k
         self.byte_span = cfg.span_within(context)  # keys a byte sees, itself included
-        self.embed = HashNgramEmbedding(cfg.dim, ngram_sizes, n_hash_functions, hash_buckets)
+        self.every_layer = cross_layers == "every_layer"
+        self.embed = HashNgramEmbedding(cfg.dim, ngram_sizes, n_hash_functions, hash_buckets, vocab, hash_order)
         self.stack = TransformerStack(cfg)
         self.query_proj = nn.Linear(cfg.dim, k * cfg.dim, bias=False)
-        self.pool = CrossAttention(cfg.dim, cfg.n_heads, cfg.norm_eps)
-        self.to_latent = nn.Linear(k * cfg.dim, latent_dim, bias=False)
+
+        def cross():
+            return CrossAttention(cfg.dim, cfg.n_heads, cfg.kv_heads, cfg.norm_eps, cross_residual)
+
+        self.pool = nn.ModuleList(cross() for _ in range(cfg.n_layers)) if self.every_layer else cross()
+        same = k * cfg.dim == latent_dim and latent_projection == "when_widths_differ"
+        self.to_latent = None if same else nn.Linear(k * cfg.dim, latent_dim, bias=False)
 
     @torch.no_grad()
     def init_weights(self):
@@ -55,40 +69,58 @@ class LocalEncoder(nn.Module):
         self.embed.init_weights()
         self.stack.init_weights()
         init_linear(self.query_proj, std)
-        self.pool.init_weights(std, std / math.sqrt(2))
-        init_linear(self.to_latent, (self.k * self.cfg.dim) ** -0.5)
+        for pool in self.pool if self.every_layer else [self.pool]:
+            pool.init_weights(std, std / math.sqrt(2))
+        if self.to_latent is not None:
+            init_linear(self.to_latent, (self.k * self.cfg.dim) ** -0.5)
 
-    def byte_states(self, ids: torch.Tensor, positions=None, cache=None) -> torch.Tensor:
-        """ids (B, T) -> byte states (B, T, D): the training mask, or the given cache's."""
+    @property
+    def pool_layers(self) -> int:
+        """How many sets of byte states a patch is pooled from (one per cross-attention)."""
+        return self.cfg.n_layers if self.every_layer else 1
+
+    def byte_states(self, ids: torch.Tensor, positions=None, cache=None) -> tuple[torch.Tensor, list]:
+        """ids (B, T) -> (byte states (B, T, D), the states pooling reads: one (B, T, D) per
+        cross-attention). The training mask, or the given cache's."""
         B, T = ids.shape
         if positions is None:
             positions = torch.arange(T, device=ids.device).expand(B, T)
         mask = None if cache is not None else sequence_mask(ids, self.byte_span, BOS_ID)
-        return self.stack(self.embed(ids), positions, mask, cache)
+        layers = []
+        keep = (lambda i, h: layers.append(h) or h) if self.every_layer else None
+        h = self.stack(self.embed(ids), positions, mask, cache, after_layer=keep)
+        return h, (layers[:-1] + [h]) if self.every_layer else [h]
 
-    def _to_latent(self, pooled: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Max-pooled states (..., P, D) -> k queries each over states (..., S, D) under mask
-        (..., 1, P*k, S) -> patch vectors (..., P, D_latent)"""
+    def _queries(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Max-pooled states (..., P, D) -> k queries per patch (..., P*k, D)"""
         *lead, P, D = pooled.shape
-        queries = self.query_proj(pooled).view(*lead, P * self.k, D)  # (..., P*k, D)
-        out = self.pool(queries, states, mask)  # (..., P*k, D)
-        return self.to_latent(out.view(*lead, P, self.k * D))
+        return self.query_proj(pooled).view(*lead, P * self.k, D)
 
-    def pool_patches(self, h, byte_patch, n_patches, P: int) -> torch.Tensor:
-        """Byte states (B, T, D), byte_patch (B, T), n_patches (B,) -> patch vectors (B, P, D_latent)"""
-        B, T, D = h.shape
+    def _pool(self, queries: torch.Tensor, states: list, mask: torch.Tensor) -> torch.Tensor:
+        """k queries per patch cross-attend to each set of states -> patch vectors (..., P, D_latent)"""
+        pools = self.pool if self.every_layer else [self.pool]
+        for pool, h in zip(pools, states):
+            queries = pool(queries, h, mask)  # (..., P*k, D)
+        *lead, Pk, D = queries.shape
+        out = queries.reshape(*lead, Pk // self.k, self.k * D)
+        return out if self.to_latent is None else self.to_latent(out)
+
+    def pool_patches(self, states: list, byte_patch, n_patches, P: int) -> torch.Tensor:
+        """Per-layer byte states [(B, T, D)], byte_patch (B, T), n_patches (B,) -> patch vectors (B, P, D_latent)"""
+        first = states[0]
+        B, T, D = first.shape
         # max-pool each patch's byte states; padding patches keep zeros
         index = byte_patch[..., None].expand(B, T, D)
-        pooled = h.new_zeros(B, P, D).scatter_reduce(1, index, h, reduce="amax", include_self=False)
-        return self._to_latent(pooled, h, pool_mask(byte_patch, n_patches, P, self.k))
+        pooled = first.new_zeros(B, P, D).scatter_reduce(1, index, first, reduce="amax", include_self=False)
+        return self._pool(self._queries(pooled), states, pool_mask(byte_patch, n_patches, P, self.k))
 
-    def pool_patch(self, states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """One patch per row: its byte states (n, L, D), valid (n, L) -> (n, D_latent)"""
-        pooled = states.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)  # (n, D)
-        return self._to_latent(pooled[:, None], states, valid[:, None, None, :])[:, 0]
+    def pool_patch(self, states: list, valid: torch.Tensor) -> torch.Tensor:
+        """One patch per row: its per-layer byte states [(n, L, D)], valid (n, L) -> (n, D_latent)"""
+        pooled = states[0].masked_fill(~valid[..., None], float("-inf")).amax(dim=1)  # (n, D)
+        return self._pool(self._queries(pooled[:, None]), states, valid[:, None, None, :])[:, 0]
 
     def forward(self, ids, byte_patch, n_patches, P: int):
         """ids (B, T), byte_patch (B, T) patch index of each byte, n_patches (B,) real patches
         per row, P = padded patch count -> (byte states (B, T, D_enc), patches (B, P, D_latent))"""
-        h = self.byte_states(ids)  # (B, T, D)
-        return h, self.pool_patches(h, byte_patch, n_patches, P)
+        h, states = self.byte_states(ids)  # (B, T, D)
+        return h, self.pool_patches(states, byte_patch, n_patches, P)

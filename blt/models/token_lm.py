@@ -70,6 +70,11 @@ class TokenLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=1.0)
         self.stack.init_weights()
         init_linear(self.head, self.cfg.dim**-0.5)
+        self.init_buffers()
+
+    @torch.no_grad()
+    def init_buffers(self):
+        """Fill the table of bytes per token (a non-persistent buffer: the tokenizer holds it)."""
         lengths = torch.zeros(self.cfg.vocab_size, dtype=torch.long)  # ids the tokenizer lacks: 0
         lengths[: self.tokenizer.vocab_size] = torch.from_numpy(self.tokenizer.token_lengths())
         self.token_lengths.copy_(lengths)

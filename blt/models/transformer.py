@@ -4,11 +4,14 @@ Pre-norm RMSNorm, rotary position embeddings (RoPE, half-split rotation), no bia
 SwiGLU feed-forward, optional grouped-query attention, attention through
 `scaled_dot_product_attention` with a boolean mask (see `masks.py`) or the causal fast path.
 
-Contract of `TransformerStack.forward(h, positions, mask, cache)`:
+Contract of `TransformerStack.forward(h, positions, mask, cache, before_layer, after_layer)`:
 - h: (B, T, D) input states, positions: (B, T) absolute positions (RoPE uses them);
 - mask: (B, 1, T, S) bool, a masks.BlockedWindowMask (sliding windows much shorter than T),
   or None for plain causal attention over the T positions;
-- cache: a `KVCache` already `begin()`-ed for these positions (its mask is then used).
+- cache: a `KVCache` already `begin()`-ed for these positions (its mask is then used);
+- before_layer(i, h) / after_layer(i, h) -> h: what a caller does around block i (a BLT decoder
+  cross-attends before every block, an encoder pools after every block).
+The final RMSNorm is optional (`final_norm`: the released BLTs' encoder and latent have none).
 Models are built first and initialised by `init_weights()` afterwards, so they can be built
 on the meta device and sharded (FSDP2) before any memory is touched.
 """
@@ -37,6 +40,7 @@ class TransformerConfig:
     rope_theta: float = 10000.0
     window: int | None = None  # sliding-window span: keys a query sees, itself included; None = all
     init_std: float = 0.02
+    final_norm: bool | None = None  # an RMSNorm after the last block; None = yes (or a BLT preset's choice)
 
     def validate(self):
         if self.dim % self.n_heads:
@@ -47,6 +51,8 @@ class TransformerConfig:
             raise UserError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
         if self.window is not None and self.window < 1:
             raise UserError("window must be a positive integer or null")
+        if min(self.dim, self.n_heads) < 1 or self.n_layers < 0 or (self.n_kv_heads is not None and self.n_kv_heads < 1):
+            raise UserError("dim, n_heads and n_kv_heads must be positive, n_layers at least 0")
 
     def span_within(self, context: int) -> int:
         """Keys a query sees, itself included, in a model trained on `context` positions: the
@@ -89,9 +95,13 @@ class Rotary(nn.Module):
         self.head_dim, self.theta = head_dim, theta
         self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
 
-    def init_weights(self):
+    def init_buffers(self):
+        """Fill the non-persistent buffer (checkpoints do not hold it)."""
         exps = torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=self.inv_freq.device)
         self.inv_freq.copy_((1.0 / self.theta ** (exps / self.head_dim)).float())
+
+    def init_weights(self):
+        self.init_buffers()
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         angles = positions.clamp(min=0).float()[..., None] * self.inv_freq  # (B, T, D/2)
@@ -163,21 +173,22 @@ def init_linear(linear: nn.Linear, std: float):
 
 
 class TransformerStack(nn.Module):
-    """n_layers blocks and a final norm; states in, states out."""
+    """n_layers blocks and (optionally) a final norm; states in, states out."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.cfg = cfg
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = None if cfg.final_norm is False else RMSNorm(cfg.dim, cfg.norm_eps)
 
     @torch.no_grad()
     def init_weights(self):
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * max(1, self.cfg.n_layers))  # residual writes scaled by depth
         self.rotary.init_weights()
-        self.norm.init_weights()
+        if self.norm is not None:
+            self.norm.init_weights()
         for block in self.layers:
             block.attn_norm.init_weights()
             block.ffn_norm.init_weights()
@@ -192,10 +203,14 @@ class TransformerStack(nn.Module):
         window = min(c.window or context, context)
         return KVCache(c.n_layers, batch, c.kv_heads, c.head_dim, window, max_step, dtype, device)
 
-    def forward(self, h, positions, mask=None, cache: KVCache | None = None):
+    def forward(self, h, positions, mask=None, cache: KVCache | None = None, before_layer=None, after_layer=None):
         rope = self.rotary(positions)
         if cache is not None:
             mask = cache.begin(positions)
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
+            if before_layer is not None:
+                h = before_layer(i, h)
             h = block(h, rope, mask, cache)
-        return self.norm(h)
+            if after_layer is not None:
+                h = after_layer(i, h)
+        return h if self.norm is None else self.norm(h)

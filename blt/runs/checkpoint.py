@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from blt.config import to_dict
 from blt.errors import UserError
@@ -62,15 +62,30 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
-def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights, memory-mapped (read from disk only when used)."""
     try:
-        state = load_file(str(ckpt / layout.WEIGHTS))
+        with safe_open(str(ckpt / layout.WEIGHTS), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is corrupted: {str(e).splitlines()[0]}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("inv_freq")]
+
+
+def put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source, assign: bool = False) -> None:
+    """Load a state dict, with one line naming `source` when it does not fit the model. assign=True
+    makes the given tensors the parameters (no copy: memory-mapped weights stay mapped)."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as e:  # shapes that do not fit: torch lists every one, we name the first
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise UserError(f"{source} does not fit the model ({first})") from None
     if missing or unexpected:
-        raise UserError(f"checkpoint {ckpt} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"{source} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Copy a checkpoint's weights into the model's parameters (training: its optimizer holds them)."""
+    put_weights(model, read_weights(ckpt), f"checkpoint {ckpt}")
 
 
 def load_train_state(ckpt: Path) -> dict:
