@@ -21,6 +21,7 @@ COMMANDS = {
     "entropies": "precompute an entropy model's per-byte entropies for a corpus",
     "patches": "show the patches a patcher cuts a file into",
     "study": "train and compare models at equal training-FLOP budgets",
+    "export-hf": "write a BLT run as a Hugging Face checkpoint (transformers' BltForCausalLM)",
 }
 
 
@@ -36,7 +37,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if command in (None, name):
-            importlib.import_module(f"blt.commands.{name}").configure(p)
+            importlib.import_module(f"blt.commands.{name.replace('-', '_')}").configure(p)
     return parser
 
 

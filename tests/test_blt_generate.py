@@ -24,27 +24,33 @@ PROMPT = b"Citizen: we are accounted poor citizens, the patricians good. What au
 N_NEW = 256
 
 
-def tiny_blt(context=352, latent_context=24, seed=0, windows=True) -> ByteLatentTransformer:
-    """Short sliding windows everywhere (the caches wrap), 2 hash functions, GQA in the latent."""
+def tiny_blt(context=352, latent_context=24, seed=0, windows=True, **options) -> ByteLatentTransformer:
+    """Short sliding windows everywhere (the caches wrap), 2 hash functions, GQA in the latent;
+    `options`: BLTConfig's architecture options."""
     torch.manual_seed(seed)
     cfg = BLTConfig(
         context=context,
         latent_context=latent_context,
-        encoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, window=8 if windows else None),
+        encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8 if windows else None),
         latent=TransformerConfig(dim=48, n_layers=2, n_heads=4, n_kv_heads=2),
         decoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=12 if windows else None),
         hash_ngram_sizes=[3, 4, 5],
         n_hash_functions=2,
         hash_buckets=97,
+        **options,
     )
     model = ByteLatentTransformer(cfg)
     model.init_weights()
     with torch.no_grad():  # at init the latent barely moves predictions; make patching matter
-        model.decoder.cross.wo.weight.mul_(8)
+        for cross in model.decoder.crosses:
+            cross.wo.weight.mul_(8)
         model.decoder.head.weight[EOS_ID] = 0  # logit 0 is never the max: no early EOS in greedy runs
     window = 16 if windows else None
-    entropy_model = ByteLM(ByteLMConfig(dim=32, n_layers=2, n_heads=2, window=window, context=context))
+    entropy_model = ByteLM(ByteLMConfig(dim=32, n_layers=2, n_heads=2, window=window, context=context,
+                                        vocab=cfg.vocab))
     entropy_model.init_weights()
+    with torch.no_grad():  # spread the random entropies, so no threshold sits within rounding of one
+        entropy_model.head.weight.mul_(8)
     model.entropy_model = entropy_model.eval()
     return model.eval()
 
@@ -117,6 +123,28 @@ def test_incremental_equals_slow_path_and_one_forward(model, recorded, kind):
     if model.patcher.needs_entropy:
         offline = online_entropies(model.entropy_model, seq)
         assert (state.entropies - offline).abs().max() < 1e-4
+
+
+ARCHITECTURES = {
+    "released": dict(arch="released"),  # 260 ids, oldest-first hashes, 2x + o, no final norms, per-layer decoder
+    "paper_encoder": dict(encoder_cross="every_layer", decoder_cross="every_layer"),
+}
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_architecture_options_generate_exactly(recorded, name):
+    """Every architecture option is honoured by both generation paths and the forward pass."""
+    model = tiny_blt(**ARCHITECTURES[name])
+    model.set_patching(make_patcher("entropy", model), model.entropy_model)
+    fast = generate_blt(model, [PROMPT], Args(96, temperature=0))[0]
+    assert fast == generate_slow(model, [PROMPT], Args(96, temperature=0))[0]
+    logits, (state,) = recorded
+    seq = encode(PROMPT + fast)[None]
+    with torch.no_grad():
+        starts = window_starts(model, seq)
+        reference = model(seq[:, :-1], starts)[0].log_softmax(-1)
+    assert (torch.cat(logits[:96]).log_softmax(-1) - reference[len(PROMPT):]).abs().max() < 1e-4
+    assert torch.equal(state.starts, starts)
 
 
 def test_latent_steps_only_for_rows_that_closed_a_patch(model):

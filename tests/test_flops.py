@@ -196,7 +196,22 @@ BLT_CASES = {
              latent=TransformerConfig(dim=64, n_layers=1, n_heads=2, window=4)),
         40,
     ),
+    "released_arch_gqa_locals": (  # per-layer decoder cross-attention, no latent projection, 260 ids
+        dict(arch="released", encoder=TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, window=8),
+             decoder=TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=1, window=8),
+             latent=TransformerConfig(dim=64, n_layers=1, n_heads=2)),
+        12,
+    ),
+    "encoder_cross_every_layer": (dict(encoder_cross="every_layer", decoder_cross="every_layer",
+                                       encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8)), 12),
 }
+
+
+def module_flops(model, fn, attention, name: str) -> int:
+    """FLOPs of one module, or of every module in a ModuleList (the counter names its children)."""
+    module = model.get_submodule(name)
+    names = [f"{name}.{i}" for i in range(len(module))] if isinstance(module, torch.nn.ModuleList) else [name]
+    return sum(measure_flops(fn, attention, f"ByteLatentTransformer.{n}") for n in names)
 
 
 @pytest.mark.parametrize("case", BLT_CASES)
@@ -216,7 +231,7 @@ def test_blt_forward_matches_counter(case, attention):
     }
     for module, terms in parts.items():
         with torch.no_grad():
-            counted = measure_flops(lambda: model(ids, starts), attention, f"ByteLatentTransformer.{module}")
+            counted = module_flops(model, lambda: model(ids, starts), attention, module)
         formula = sum(report.breakdown[name] for name in terms)
         assert close(counted / (B * T), formula), (module, counted / (B * T), formula)
     with torch.no_grad():

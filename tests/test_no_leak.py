@@ -83,11 +83,12 @@ class TargetPatchBLT(ByteLatentTransformer):
         return torch.minimum(patch[:, 1:], last_input_patch)
 
 
-def build(cls=ByteLatentTransformer, patcher_name="static", context=64):
+def build(cls=ByteLatentTransformer, patcher_name="static", context=64, **options):
     cfg = BLTConfig(
+        **options,
         context=context,
         latent_context=6,  # the latent's patch window is exercised too
-        encoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, window=8),
+        encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8),
         latent=TransformerConfig(dim=32, n_layers=1, n_heads=2),
         decoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, window=8),
         hash_ngram_sizes=[3, 4, 5, 6, 7, 8],
@@ -162,4 +163,15 @@ def test_no_leak_in_windows_longer_than_the_context(patcher_name):
     for name, window in windows().items():
         report = leak_check(model, window)
         assert report["early"] <= ATOL, f"{patcher_name} leaks the future on {name}: {report}"
+        assert report["late"] > 1e-3, f"changing a byte moved nothing on {name}: {report}"
+
+
+@pytest.mark.parametrize("options", [dict(arch="released"), dict(encoder_cross="every_layer", decoder_cross="every_layer")],
+                         ids=["released", "paper_cross_attention"])
+@pytest.mark.parametrize("patcher_name", ["static", "entropy"])
+def test_no_leak_with_architecture_options(options, patcher_name):
+    model = build(patcher_name=patcher_name, **options)
+    for name, window in windows().items():
+        report = leak_check(model, window)
+        assert report["early"] <= ATOL, f"{options} leaks the future on {name}: {report}"
         assert report["late"] > 1e-3, f"changing a byte moved nothing on {name}: {report}"

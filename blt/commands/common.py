@@ -1,9 +1,11 @@
-"""What several command adapters share: the --device option and late key=value overrides."""
+"""What several command adapters share: --device/--dtype and late key=value overrides."""
 from __future__ import annotations
 
 
 def add_device_arg(p) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (default: the checkpoint's; n-gram hash tables keep theirs)")
 
 
 def accept_late_overrides(parser) -> None:

@@ -39,7 +39,7 @@ def configure(p):
 def run(args) -> int:
     if args.noise is not None:
         check_noise(args.noise, args.noise_p)  # before the long evaluation, not after it
-    opened = open_run(args.run, args.device)
+    opened = open_run(args.run, args.device, args.dtype)
     summary = evaluate_run(opened, args.data, args.split, args.max_bytes, args.batch_size)
     if args.noise is not None:
         summary.update(noise_report(opened, args.data, args.split, args.max_bytes, args.noise,

@@ -62,7 +62,7 @@ def run(args) -> int:
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")  # non-UTF-8 argv bytes survive
     stops = tuple(s.encode("utf-8", errors="surrogateescape") for s in args.stop)
     gen = GenerationArgs(args.max_new_bytes, args.temperature, args.top_k, args.top_p, args.seed, stops).check()
-    opened = open_run(args.run, args.device)
+    opened = open_run(args.run, args.device, args.dtype)
     if not args.raw:
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets '?'
     out = _Printer(args.raw)

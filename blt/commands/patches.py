@@ -41,9 +41,9 @@ class RunPatching:
     bpe_vocab: list[bytes] | None = None
 
 
-def patcher_for_run(run_dir: str, device: str = "auto") -> RunPatching:
+def patcher_for_run(run_dir: str, device: str = "auto", dtype: str | None = None) -> RunPatching:
     """How a run patches. Byte-level runs are entropy models and bring no patcher."""
-    opened = open_run(run_dir, device)
+    opened = open_run(run_dir, device, dtype)
     model, cfg = opened.model, opened.cfg
     if cfg.model_kind == "byte":
         return RunPatching(config=None, entropy_model=model)
@@ -102,7 +102,7 @@ def run(args) -> int:
         raise UserError(f"--max-bytes must be at least 1, got {args.max_bytes}")
     data = read_input(args.input)[: args.max_bytes]
     doc = np.frombuffer(data, dtype=np.uint8)
-    patching = patcher_for_run(args.run, args.device)
+    patching = patcher_for_run(args.run, args.device, args.dtype)
     cfg = _patcher_config(args, patching.config)
     vocab = patching.bpe_vocab
     if cfg.kind == "bpe" and (args.bpe_vocab or vocab is None):

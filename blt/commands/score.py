@@ -38,7 +38,7 @@ def configure(p):
 def run(args) -> int:
     data = read_input(args.input)
     check_output(args.out)
-    opened = open_run(args.run, args.device)
+    opened = open_run(args.run, args.device, args.dtype)
     nats = opened.scores([np.frombuffer(data, dtype=np.uint8)])[0].astype(np.float32)  # (N,)
     save_npy(nats, args.out)
     total = float(nats.sum(dtype=np.float64))

@@ -56,7 +56,7 @@ from blt.errors import UserError
 from blt.models.blt import BLTConfig
 from blt.models.byte_lm import ByteLMConfig
 from blt.models.transformer import TransformerConfig
-from blt.vocab import VOCAB_SIZE
+from blt.vocab import VOCAB_SIZES
 
 ATTENTION_MODES = ("average", "dense")
 TRAIN_FACTOR = 3.0  # training FLOPs = forward + backward ~ 3 x forward
@@ -111,7 +111,7 @@ def stack_params(cfg: TransformerConfig) -> int:
     d, f = cfg.dim, cfg.hidden_dim
     d_q, d_kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     per_layer = d * d_q + 2 * d * d_kv + d_q * d + 3 * d * f + 2 * d
-    return cfg.n_layers * per_layer + d
+    return cfg.n_layers * per_layer + (d if cfg.final_norm is not False else 0)
 
 
 def _prefixed(prefix: str, terms: dict[str, float], scale: float = 1.0) -> dict[str, float]:
@@ -151,8 +151,9 @@ def byte_lm_flops(cfg: ByteLMConfig, seq_len: int | None = None, *, attention: s
     Every term runs once per byte. Breakdown keys: embed (0), attn_proj, attn_scores, ffn, head.
     """
     T = _seq_len(cfg, seq_len)
-    params = 2 * VOCAB_SIZE * cfg.dim + stack_params(cfg)  # embedding + head are not tied
-    return _report(_lm_terms(cfg, VOCAB_SIZE, T, attention), params, attention)
+    V = VOCAB_SIZES[cfg.vocab]
+    params = 2 * V * cfg.dim + stack_params(cfg)  # embedding + head are not tied
+    return _report(_lm_terms(cfg, V, T, attention), params, attention)
 
 
 def bpe_lm_flops(
@@ -177,27 +178,38 @@ def bpe_lm_flops(
     return _report(breakdown, 2 * vocab_size * cfg.dim + stack_params(cfg), attention)
 
 
-def _cross_attention_params(dim: int) -> int:
-    return 4 * dim * dim + 2 * dim  # wq, wk, wv, wo and the two pre-norms
+def _cross_attention_params(part: TransformerConfig) -> int:
+    d, d_kv = part.dim, part.kv_heads * part.head_dim
+    return 2 * d * d + 2 * d * d_kv + 2 * d  # wq, wo; wk, wv (grouped heads); the two pre-norms
+
+
+def _blt_counts(cfg: BLTConfig) -> tuple[int, int, bool]:
+    """(encoder cross-attentions, decoder cross-attentions, whether the latent projection exists)"""
+    n_enc = cfg.encoder.n_layers if cfg.encoder_cross == "every_layer" else 1
+    n_dec = cfg.decoder.n_layers if cfg.decoder_cross == "every_layer" else 1
+    projection = not (cfg.latent_projection == "when_widths_differ" and cfg.k * cfg.encoder.dim == cfg.latent.dim)
+    return n_enc, n_dec, projection
 
 
 def blt_params(cfg: BLTConfig) -> int:
     """Parameters of a ByteLatentTransformer (without an attached entropy model)."""
     enc, lat, dec, k = cfg.encoder, cfg.latent, cfg.decoder, cfg.k
+    V = VOCAB_SIZES[cfg.vocab]
+    n_enc, n_dec, projection = _blt_counts(cfg)
     tables = cfg.n_hash_functions * len(cfg.hash_ngram_sizes)
     encoder = (
-        (VOCAB_SIZE + tables * cfg.hash_buckets) * enc.dim  # byte and hash n-gram tables
+        (V + tables * cfg.hash_buckets) * enc.dim  # byte and hash n-gram tables
         + stack_params(enc)
         + enc.dim * k * enc.dim  # pooling queries
-        + _cross_attention_params(enc.dim)
-        + k * enc.dim * lat.dim  # to the latent width
+        + n_enc * _cross_attention_params(enc)
+        + (k * enc.dim * lat.dim if projection else 0)  # to the latent width
     )
     decoder = (
         (enc.dim * dec.dim if enc.dim != dec.dim else 0)
         + lat.dim * k * dec.dim  # latent output -> k key/value slots
-        + _cross_attention_params(dec.dim)
+        + n_dec * _cross_attention_params(dec)
         + stack_params(dec)
-        + dec.dim * VOCAB_SIZE
+        + dec.dim * V
     )
     return encoder + stack_params(lat) + decoder
 
@@ -234,6 +246,8 @@ def blt_flops(
     m, k = float(mean_patch_size), cfg.k
     enc, lat, dec = cfg.encoder, cfg.latent, cfg.decoder
     De, Dl, Dd = enc.dim, lat.dim, dec.dim
+    De_kv, Dd_kv = enc.kv_heads * enc.head_dim, dec.kv_heads * dec.head_dim
+    n_enc, n_dec, projection = _blt_counts(cfg)
 
     # pooling pairs per byte: each byte is a key of its patch's k queries; 'dense': all T bytes
     # are keys of every query, k*T per patch
@@ -242,9 +256,10 @@ def blt_flops(
         "hash_embed": 0.0,
         **stack_terms(enc, attention_span(T, enc.window, attention)),
         "pool_queries": 2.0 * De * k * De / m,
-        "pool_proj": 2.0 * (2 * De * De) * k / m + 2.0 * (2 * De * De),  # q, o per query; k, v per byte
-        "pool_scores": 2.0 * 2 * pool_pairs * De,
-        "to_latent": 2.0 * k * De * Dl / m,
+        # per cross-attention: q, o per query; k, v per byte
+        "pool_proj": n_enc * (2.0 * (2 * De * De) * k / m + 2.0 * (2 * De * De_kv)),
+        "pool_scores": n_enc * 2.0 * 2 * pool_pairs * De,
+        "to_latent": 2.0 * k * De * Dl / m if projection else 0.0,
     }
     patches = T / m
     latent_window = min(lat.window or cfg.latent_span, cfg.latent_span)
@@ -252,10 +267,11 @@ def blt_flops(
     decoder = {
         "from_encoder": 2.0 * De * Dd if De != Dd else 0.0,
         "from_latent": 2.0 * Dl * k * Dd / m,
-        "cross_proj": 2.0 * (2 * Dd * Dd) + 2.0 * (2 * Dd * Dd) * k,  # q, o per byte; k, v per slot
-        "cross_scores": 2.0 * 2 * k * Dd,
+        # per cross-attention: q, o per byte; k, v per slot (k gathered per byte)
+        "cross_proj": n_dec * (2.0 * (2 * Dd * Dd) + 2.0 * (2 * Dd * Dd_kv) * k),
+        "cross_scores": n_dec * 2.0 * 2 * k * Dd,
         **stack_terms(dec, attention_span(T, dec.window, attention)),
-        "head": 2.0 * Dd * VOCAB_SIZE,
+        "head": 2.0 * Dd * VOCAB_SIZES[cfg.vocab],
     }
     breakdown = {**_prefixed("encoder", encoder), **_prefixed("latent", latent, 1 / m),
                  **_prefixed("decoder", decoder)}
