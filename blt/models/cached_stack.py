@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from blt.models.masks import attention_mask
 from blt.models.transformer import TransformerStack
 
-FUSE_MAX_BYTES = 256 << 20  # stacks up to this many bytes of weights get fused copies
+FUSE_MAX_BYTES = 128 << 20  # stacks up to this many bytes of weights get fused copies
 
 
 def transposed(*weights: torch.Tensor) -> torch.Tensor:
