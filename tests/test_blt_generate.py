@@ -12,6 +12,7 @@ from blt.inference.sampling import sample_next
 from blt.inference.slow import generate_slow
 from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
+from blt.models.memory import MemoryConfig
 from blt.models.transformer import TransformerConfig
 from blt.patching.entropy import online_entropies, window_starts
 from blt.patching.patchers import (
@@ -28,17 +29,13 @@ def tiny_blt(context=352, latent_context=24, seed=0, windows=True, **options) ->
     """Short sliding windows everywhere (the caches wrap), 2 hash functions, GQA in the latent;
     `options`: BLTConfig's architecture options."""
     torch.manual_seed(seed)
-    cfg = BLTConfig(
-        context=context,
-        latent_context=latent_context,
+    parts = dict(
         encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8 if windows else None),
         latent=TransformerConfig(dim=48, n_layers=2, n_heads=4, n_kv_heads=2),
         decoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=12 if windows else None),
-        hash_ngram_sizes=[3, 4, 5],
-        n_hash_functions=2,
-        hash_buckets=97,
-        **options,
     )
+    cfg = BLTConfig(context=context, latent_context=latent_context, hash_ngram_sizes=[3, 4, 5], n_hash_functions=2,
+                    hash_buckets=97, **{**parts, **options})
     model = ByteLatentTransformer(cfg)
     model.init_weights()
     with torch.no_grad():  # at init the latent barely moves predictions; make patching matter
@@ -128,6 +125,8 @@ def test_incremental_equals_slow_path_and_one_forward(model, recorded, kind):
 ARCHITECTURES = {
     "released": dict(arch="released"),  # 260 ids, oldest-first hashes, 2x + o, no final norms, per-layer decoder
     "paper_encoder": dict(encoder_cross="every_layer", decoder_cross="every_layer"),
+    "latent_memory": dict(latent=TransformerConfig(dim=48, n_layers=3, n_heads=4, n_kv_heads=2, memory=MemoryConfig(
+        layers=2, keys=8, heads=2, topk=4, key_dim=16))),
 }
 
 

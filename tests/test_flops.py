@@ -15,6 +15,7 @@ from blt.evaluation.flops import (
 )
 from blt.models.blt import BLTConfig, ByteLatentTransformer, complete_starts
 from blt.models.byte_lm import ByteLM, ByteLMConfig
+from blt.models.memory import MemoryConfig
 from blt.models.transformer import TransformerConfig
 from blt.patching.entropy import online_entropies
 from blt.vocab import BOS_ID
@@ -204,6 +205,8 @@ BLT_CASES = {
     ),
     "encoder_cross_every_layer": (dict(encoder_cross="every_layer", decoder_cross="every_layer",
                                        encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8)), 12),
+    "latent_memory": (dict(latent=TransformerConfig(dim=64, n_layers=3, n_heads=4, memory=MemoryConfig(
+        layers=2, keys=8, heads=2, topk=4, key_dim=16))), 12),
 }
 
 

@@ -14,6 +14,7 @@ import torch
 
 from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
+from blt.models.memory import MemoryConfig
 from blt.models.transformer import TransformerConfig
 from blt.patching.entropy import online_entropies, window_starts
 from blt.patching.patchers import (
@@ -84,15 +85,17 @@ class TargetPatchBLT(ByteLatentTransformer):
 
 
 def build(cls=ByteLatentTransformer, patcher_name="static", context=64, **options):
-    cfg = BLTConfig(
-        **options,
-        context=context,
-        latent_context=6,  # the latent's patch window is exercised too
+    parts = dict(
         encoder=TransformerConfig(dim=32, n_layers=2, n_heads=2, window=8),
         latent=TransformerConfig(dim=32, n_layers=1, n_heads=2),
         decoder=TransformerConfig(dim=32, n_layers=1, n_heads=2, window=8),
+    )
+    cfg = BLTConfig(
+        context=context,
+        latent_context=6,  # the latent's patch window is exercised too
         hash_ngram_sizes=[3, 4, 5, 6, 7, 8],
         hash_buckets=61,
+        **{**parts, **options},
     )
     torch.manual_seed(0)
     model = cls(cfg)
@@ -166,8 +169,12 @@ def test_no_leak_in_windows_longer_than_the_context(patcher_name):
         assert report["late"] > 1e-3, f"changing a byte moved nothing on {name}: {report}"
 
 
-@pytest.mark.parametrize("options", [dict(arch="released"), dict(encoder_cross="every_layer", decoder_cross="every_layer")],
-                         ids=["released", "paper_cross_attention"])
+MEMORY_LATENT = TransformerConfig(dim=32, n_layers=2, n_heads=2, memory=MemoryConfig(layers=1, keys=8, heads=2, topk=4,
+                                                                                   key_dim=16))
+
+
+@pytest.mark.parametrize("options", [dict(arch="released"), dict(encoder_cross="every_layer", decoder_cross="every_layer"),
+                                     dict(latent=MEMORY_LATENT)], ids=["released", "paper_cross_attention", "memory"])
 @pytest.mark.parametrize("patcher_name", ["static", "entropy"])
 def test_no_leak_with_architecture_options(options, patcher_name):
     model = build(patcher_name=patcher_name, **options)

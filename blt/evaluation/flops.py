@@ -96,22 +96,37 @@ def check_attention(attention: str):
 
 
 def stack_terms(cfg: TransformerConfig, span: float) -> dict[str, float]:
-    """Forward FLOPs per position of a TransformerStack whose queries see `span` keys."""
+    """Forward FLOPs per position of a TransformerStack whose queries see `span` keys.
+
+    A Memory+ block (models/memory.py) replaces its up-projection (2*d*f) by a memory read: the
+    query projection, the two half-key scorings (2 * keys * d_k per head) and the weighted sum
+    of the top-k value rows (2 * topk * f per head); its top-k selections and gathers count 0."""
     d, f, L = cfg.dim, cfg.hidden_dim, cfg.n_layers
     d_q, d_kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    return {
+    terms = {
         "attn_proj": L * 2.0 * (d * d_q + 2 * d * d_kv + d_q * d),
         "attn_scores": L * 2.0 * 2 * span * d_q,
         "ffn": L * 2.0 * 3 * d * f,
     }
+    m = cfg.memory
+    if m is not None:
+        terms["ffn"] -= m.layers * 2.0 * d * f
+        terms["memory"] = m.layers * 2.0 * m.heads * (d * m.key_dim + m.keys * m.key_dim + m.topk * f)
+    return terms
 
 
 def stack_params(cfg: TransformerConfig) -> int:
-    """Parameters of a TransformerStack: per layer attention, SwiGLU, two norms; a final norm."""
+    """Parameters of a TransformerStack: per layer attention, SwiGLU, two norms; a final norm;
+    Memory+ blocks trade their up-projection for a query projection and half-keys, and the
+    stack holds their shared value table."""
     d, f = cfg.dim, cfg.hidden_dim
     d_q, d_kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     per_layer = d * d_q + 2 * d * d_kv + d_q * d + 3 * d * f + 2 * d
-    return cfg.n_layers * per_layer + (d if cfg.final_norm is not False else 0)
+    total = cfg.n_layers * per_layer + (d if cfg.final_norm is not False else 0)
+    m = cfg.memory
+    if m is not None:
+        total += m.layers * (m.heads * m.key_dim * (d + m.keys) - d * f) + m.slots * f
+    return total
 
 
 def _prefixed(prefix: str, terms: dict[str, float], scale: float = 1.0) -> dict[str, float]:

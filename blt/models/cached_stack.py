@@ -19,7 +19,8 @@ of a released model.
   `start_span` bytes before its own (`latent.byte_span_mask`, the rule of the latent's forward).
 With capacity = window the ring holds exactly the last `window` positions of a row.
 `prefill` hands TransformerStack.forward a cache for one pass over a prompt that leaves the
-ring as that many steps would. `step`'s before_layer / after_layer hooks are the stack's own.
+ring as that many steps would. `step`'s before_layer / after_layer hooks are the stack's own;
+a Memory+ block's feed-forward runs as its module does.
 """
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ def transposed(*weights: torch.Tensor) -> torch.Tensor:
 
 
 class _Fused:
-    """One block's weights, fused and transposed: x @ W."""
+    """One block's weights, fused and transposed: x @ W (a memory block's feed-forward is its own)."""
 
     def __init__(self, block):
         a, f = block.attn, block.ffn
         self.qkv = transposed(a.wq.weight, a.wk.weight, a.wv.weight)
-        self.o, self.w13, self.w2 = transposed(a.wo.weight), transposed(f.w1.weight, f.w3.weight), transposed(f.w2.weight)
+        self.o = transposed(a.wo.weight)
+        if not block.has_memory:
+            self.w13, self.w2 = transposed(f.w1.weight, f.w3.weight), transposed(f.w2.weight)
 
     def project_qkv(self, x):
         return torch.mm(x, self.qkv)
@@ -88,7 +91,9 @@ class CachedStack:
         self.per_row, self.start_span = per_row, start_span
         size = sum(p.numel() * p.element_size() for p in stack.parameters())
         kind = _Fused if size <= FUSE_MAX_BYTES else _Shared
-        self.layers = [(b.attn_norm.weight, b.ffn_norm.weight, kind(b)) for b in stack.layers]
+        self.layers = [(b.attn_norm.weight, b.ffn_norm.weight, kind(b), b.ffn if b.has_memory else None)
+                       for b in stack.layers]
+        self.values = None if stack.memory_values is None else stack.memory_values.weight
         self.norm = None if stack.norm is None else stack.norm.weight
         # slots are allocated as the rows fill them (doubling), so a cache sized for the worst
         # case (a patch per byte) costs what the positions actually seen need; zeros, not empty:
@@ -152,7 +157,7 @@ class CachedStack:
                 self._grow(self.count)
             n_keys, mask = min(self.count, self.cap), None
             rope_c, rope_s = self.rope_c[pos], self.rope_s[pos]  # (Dh,)
-        for layer, (w_an, w_fn, w) in enumerate(self.layers):
+        for layer, (w_an, w_fn, w, memory_ffn) in enumerate(self.layers):
             if before_layer is not None:
                 x = before_layer(layer, x)
             qkv = w.project_qkv(F.rms_norm(x, (x.shape[-1],), w_an, self.eps))  # (n, (H+2Hkv)*Dh)
@@ -170,8 +175,12 @@ class CachedStack:
                 keys, values = keys.index_select(0, rows), values.index_select(0, rows)
             y = F.scaled_dot_product_attention(qk[:, :H], keys, values, attn_mask=mask, enable_gqa=gqa)
             x = w.out(x, y.view(n, H * Dh))
-            gate, up = w.gate_up(F.rms_norm(x, (x.shape[-1],), w_fn, self.eps))
-            x = w.down(x, F.silu(gate) * up)
+            normed = F.rms_norm(x, (x.shape[-1],), w_fn, self.eps)
+            if memory_ffn is not None:
+                x = x + memory_ffn(normed, self.values)
+            else:
+                gate, up = w.gate_up(normed)
+                x = w.down(x, F.silu(gate) * up)
             if after_layer is not None:
                 x = after_layer(layer, x)
         return x if self.norm is None else F.rms_norm(x, (x.shape[-1],), self.norm, self.eps)

@@ -12,6 +12,8 @@ Contract of `TransformerStack.forward(h, positions, mask, cache, before_layer, a
 - before_layer(i, h) / after_layer(i, h) -> h: what a caller does around block i (a BLT decoder
   cross-attends before every block, an encoder pools after every block).
 The final RMSNorm is optional (`final_norm`: the released BLTs' encoder and latent have none).
+`memory` turns the feed-forwards of a few equally spaced blocks into Memory+ layers (memory.py),
+which read one value table the stack owns.
 Models are built first and initialised by `init_weights()` afterwards, so they can be built
 on the meta device and sharded (FSDP2) before any memory is touched.
 """
@@ -27,6 +29,7 @@ from torch import nn
 from blt.errors import UserError
 from blt.models.kv_cache import KVCache
 from blt.models.masks import BlockedWindowMask
+from blt.models.memory import MemoryConfig, MemoryFeedForward, init_values, memory_blocks
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TransformerConfig:
     window: int | None = None  # sliding-window span: keys a query sees, itself included; None = all
     init_std: float = 0.02
     final_norm: bool | None = None  # an RMSNorm after the last block; None = yes (or a BLT preset's choice)
+    memory: MemoryConfig | None = None  # Memory+ feed-forwards in some blocks (models/memory.py)
 
     def validate(self):
         if self.dim % self.n_heads:
@@ -53,6 +57,9 @@ class TransformerConfig:
             raise UserError("window must be a positive integer or null")
         if min(self.dim, self.n_heads) < 1 or self.n_layers < 0 or (self.n_kv_heads is not None and self.n_kv_heads < 1):
             raise UserError("dim, n_heads and n_kv_heads must be positive, n_layers at least 0")
+        if self.memory is not None:
+            self.memory.validate()
+            memory_blocks(self.n_layers, self.memory)
 
     def span_within(self, context: int) -> int:
         """Keys a query sees, itself included, in a model trained on `context` positions: the
@@ -156,16 +163,19 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: TransformerConfig, layer: int):
+    def __init__(self, cfg: TransformerConfig, layer: int, memory: bool = False):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = FeedForward(cfg.dim, cfg.hidden_dim)
+        self.has_memory = memory
+        self.ffn = MemoryFeedForward(cfg.dim, cfg.hidden_dim, cfg.memory) if memory else FeedForward(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, h, rope, mask=None, cache=None):
+    def forward(self, h, rope, mask=None, cache=None, values=None):
+        """values: the stack's memory values, read by a memory block's feed-forward."""
         h = h + self.attn(self.attn_norm(h), rope, mask, cache)
-        return h + self.ffn(self.ffn_norm(h))
+        x = self.ffn_norm(h)
+        return h + (self.ffn(x, values) if self.has_memory else self.ffn(x))
 
 
 def init_linear(linear: nn.Linear, std: float):
@@ -179,8 +189,11 @@ class TransformerStack(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        memory = memory_blocks(cfg.n_layers, cfg.memory)
+        self.layers = nn.ModuleList(Block(cfg, i, i in memory) for i in range(cfg.n_layers))
         self.norm = None if cfg.final_norm is False else RMSNorm(cfg.dim, cfg.norm_eps)
+        # one value table for every memory block (Memory+ shares it)
+        self.memory_values = nn.Embedding(cfg.memory.slots, cfg.hidden_dim) if memory else None
 
     @torch.no_grad()
     def init_weights(self):
@@ -192,10 +205,16 @@ class TransformerStack(nn.Module):
         for block in self.layers:
             block.attn_norm.init_weights()
             block.ffn_norm.init_weights()
-            for lin in (block.attn.wq, block.attn.wk, block.attn.wv, block.ffn.w1, block.ffn.w3):
+            for lin in (block.attn.wq, block.attn.wk, block.attn.wv, block.ffn.w1):
                 init_linear(lin, std)
+            if block.has_memory:
+                block.ffn.memory.init_weights(std)
+            else:
+                init_linear(block.ffn.w3, std)
             init_linear(block.attn.wo, out_std)
             init_linear(block.ffn.w2, out_std)
+        if self.memory_values is not None:
+            init_values(self.memory_values)
 
     def new_cache(self, batch: int, context: int, max_step: int, dtype=torch.float32, device=None) -> KVCache:
         """A cache whose queries see min(window, context) keys; steps add <= max_step positions."""
@@ -207,10 +226,11 @@ class TransformerStack(nn.Module):
         rope = self.rotary(positions)
         if cache is not None:
             mask = cache.begin(positions)
+        values = None if self.memory_values is None else self.memory_values.weight
         for i, block in enumerate(self.layers):
             if before_layer is not None:
                 h = before_layer(i, h)
-            h = block(h, rope, mask, cache)
+            h = block(h, rope, mask, cache, values)
             if after_layer is not None:
                 h = after_layer(i, h)
         return h if self.norm is None else self.norm(h)
