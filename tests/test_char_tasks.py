@@ -9,6 +9,7 @@ score 1.0 everywhere. tests/test_harness.py runs the suite with real models.
 """
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
 import os
@@ -189,3 +190,11 @@ def test_oracle_scores_one_everywhere(task_manager):
         assert results[name]["exact_match,strip"] == 1.0, name
     for name in MC_TASKS:
         assert results[name]["acc,none"] == 1.0 and results[name]["acc_norm,none"] == 1.0, name
+
+
+def test_pyproject_ships_every_task_file_as_package_data():
+    tomllib = pytest.importorskip("tomllib")
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "blt.evaluation.tasks"]
+    data = [p.name for p in TASK_DIR.iterdir() if p.is_file() and p.suffix != ".py"]
+    assert len(data) == 28 and all(any(fnmatch.fnmatch(name, g) for g in globs) for name in data), data
