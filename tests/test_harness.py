@@ -38,7 +38,7 @@ from blt.runs.loading import open_run
 from blt.vocab import encode
 
 REPO = Path(__file__).resolve().parents[1]
-CONTEXT = 64  # bytes (tokens for the BPE run): the suite's prompts and the long texts below exceed it
+CONTEXT = 64  # bytes (the BPE run: CONTEXT // 4 tokens): the suite's prompts and the long texts exceed it
 CLOZE = [json.loads(line)["context"] for line in (TASKS_DIR / "cloze.jsonl").read_text().splitlines()[:40]]
 TEXT = "\n\n".join(CLOZE)
 PAIRS = [  # (context, continuation): empty context, a long context, multi-byte characters, nothing to score
@@ -151,6 +151,24 @@ def test_loglikelihood_is_the_scorers_nats_on_the_same_bytes(runs, kind):
         assert logprob == pytest.approx(expected, rel=1e-5, abs=1e-5), (context[:20], continuation)
     assert got[-1] == (0.0, True)  # an empty continuation costs nothing
     assert len(PAIRS[2][0]) > CONTEXT  # the long context slides, as the scorer slides
+
+
+def test_a_bpe_token_straddling_the_cut_belongs_to_the_continuation(runs):
+    """The documented rule, against one plain forward pass: the continuation's log-likelihood is
+    minus the nats of every token whose last byte lies in it."""
+    lm = HarnessLM(run=runs["bpe"], device="cpu")
+    model = lm.run.model
+    doc = b"and the whole of the other"
+    tokens = torch.from_numpy(model.tokenizer.encode(doc))  # (T,)
+    ends = np.cumsum(model.token_lengths[tokens].numpy())  # each token's end offset in bytes
+    k = next(k for k in range(len(tokens)) if model.token_lengths[tokens[k]] >= 2)
+    cut = int(ends[k]) - 1  # inside token k: its first bytes in the context, its last one not
+    ids = torch.cat([torch.tensor([TOKEN_BOS]), tokens])
+    with torch.no_grad():
+        nats = torch.nn.functional.cross_entropy(model(ids[None, :-1])[0], ids[1:], reduction="none")  # (T,)
+    [(logprob, _)] = lm.loglikelihood(requests("loglikelihood", [(doc[:cut].decode(), doc[cut:].decode())]))
+    assert len(tokens) <= CONTEXT // 4  # one window: the plain forward pass is the reference
+    assert logprob == pytest.approx(-float(nats[k:].sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["byte", "blt"])

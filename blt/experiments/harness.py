@@ -27,9 +27,9 @@ Strings are UTF-8 encoded; every figure is computed on bytes, with the toolkit's
   request asks to sample. Token counts are bytes: max_gen_toks (or its aliases) is the number of
   new BYTES; a task without one gets `max_gen_bytes` (default 256, the harness's own default).
   The harness's max_length has no counterpart: a byte-level run keeps the last `context`
-  positions of BOS + prompt (PromptTruncated warns), a BLT keeps the whole prompt and slides.
-  BPE-token runs cannot generate in this toolkit: they answer "" with one warning, so a mixed
-  suite still scores their log-likelihood tasks.
+  positions of BOS + prompt (one warning for all the prompts it cut), a BLT keeps the whole
+  prompt and slides. BPE-token runs cannot generate in this toolkit: they answer "" with one
+  warning, so a mixed suite still scores their log-likelihood tasks.
 Requests are sorted by length (less padding) and scored or generated `batch_size` at a time.
 """
 from __future__ import annotations
@@ -153,11 +153,11 @@ class HarnessLM(LM):
         return args.check()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """lm_eval's command line with `blt` registered and the local suite included by default."""
     from lm_eval.__main__ import cli_evaluate
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:]
     if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
         argv += ["--include_path", str(TASKS_DIR)]
     sys.argv = [sys.argv[0], *argv]
