@@ -19,6 +19,8 @@ from blt.experiments.harness import HarnessLM
 def evaluate_tasks(lm: HarnessLM, tasks: list[str], limit: float | None = None) -> dict:
     """The harness's results for `tasks` (names or tags of the suite); limit: the first N
     documents of each task (or a fraction of them, below 1)."""
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be positive, got {limit}")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -27,8 +29,6 @@ def evaluate_tasks(lm: HarnessLM, tasks: list[str], limit: float | None = None) 
     if unknown:
         raise UserError(f"no such task in the local suite: {', '.join(unknown)} "
                         f"(tasks and tags: {', '.join(sorted(manager.all_tasks))})")
-    if limit is not None and limit <= 0:
-        raise UserError(f"--limit must be positive, got {limit}")
     return simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False)
 
 
