@@ -15,6 +15,7 @@ from blt.errors import UserError
 COMMANDS = {
     "train": "train a model from a YAML config",
     "eval": "bits per byte of a trained run on a data split",
+    "eval-tasks": "the local task suite (character tasks, noised cloze) through lm-evaluation-harness",
     "score": "nats per byte of a file under a trained run",
     "generate": "continue a prompt with a trained run",
     "quickstart": "train, evaluate and sample a small model in a few minutes (offline)",
@@ -37,8 +38,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if command in (None, name):
-            importlib.import_module(f"blt.commands.{name.replace('-', '_')}").configure(p)
+            _command_module(parser, name).configure(p)
     return parser
+
+
+def _command_module(parser, name: str):
+    """blt.commands.<name> (dashes as underscores); a missing optional dependency (lm-eval for
+    eval-tasks) is one line and status 2, like any other usage error."""
+    try:
+        return importlib.import_module(f"blt.commands.{name.replace('-', '_')}")
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "blt":
+            raise
+        parser.exit(2, f"blt {name}: error: needs the package '{e.name}', which is not installed "
+                       f"(pip install 'blt-lm[eval]' for lm-eval)\n")
 
 
 def _chosen(argv: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test files: small corpora on disk and an isolated cache.
+"""Fixtures shared by the test files: small corpora on disk, an isolated cache, a blocked network.
 
 Tests use one CPU thread (subprocesses too, through OMP_NUM_THREADS): their models are tiny,
 and on a shared machine several multi-threaded torch processes spin against each other
@@ -7,6 +7,7 @@ and on a shared machine several multi-threaded torch processes spin against each
 from __future__ import annotations
 
 import os
+import socket
 import sysconfig
 from pathlib import Path
 
@@ -55,3 +56,24 @@ def blt_cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("BLT_CACHE_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Every attempt to resolve a host name or to connect an internet socket fails, and is recorded."""
+    attempts = []
+    connect = socket.socket.connect
+
+    def guarded_connect(sock, address):
+        if sock.family == socket.AF_UNIX:
+            return connect(sock, address)
+        attempts.append(address)
+        raise OSError("network disabled by the test")
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        attempts.append(host)
+        raise socket.gaierror("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    return attempts

@@ -17,7 +17,9 @@ layer, the most the model saw in training. The same rule holds for every kind:
   whole document first (the entropy model slides over the document like a byte LM).
 Rows of a batch carry their own positions (-1 = padding) and masks, so a document's values never
 depend on what else is in the batch, and documents are read slice by slice (memory maps stay on
-disk). Values: 'nats' = -log p(target), 'entropy' = entropy (nats) of the predicting distribution.
+disk). Values (`what`): 'nats' = -log p(target), 'entropy' = entropy (nats) of the predicting
+distribution, 'nats_greedy' = two columns, nats and 1.0 where the target was the distribution's
+argmax (what greedy decoding would have chosen; the harness's is_greedy).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from blt.patching.entropy import entropy, window_starts
 from blt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 CHUNK_CONTEXTS = 4  # positions kept per job, in multiples of the model's context
+VALUE_SHAPES = {"nats": (), "entropy": (), "nats_greedy": (2,)}  # per-position value shape of each `what`
 
 # forward(ids (B, L), targets (B, L), positions (B, L), jobs) -> logits (B, L, V)
 WindowForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list], torch.Tensor]
@@ -55,9 +58,9 @@ def iter_windows(
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (sequence index, first position, float32 values) for every prediction of every
     sequence (see the module docstring). seqs: int arrays without BOS/EOS; ids: the model's
-    (BOS, EOS, PAD) ids."""
-    if what not in ("nats", "entropy"):
-        raise ValueError(f"what must be 'nats' or 'entropy', got {what!r}")
+    (BOS, EOS, PAD) ids; values: (n,) or (n, 2) for what='nats_greedy'."""
+    if what not in VALUE_SHAPES:
+        raise ValueError(f"what must be one of {', '.join(VALUE_SHAPES)}, got {what!r}")
     bos, eos_id, pad = ids
     jobs = plan_jobs([len(s) + int(eos) for s in seqs], span, chunk)
     for at in range(0, len(jobs), batch_size):
@@ -81,18 +84,22 @@ def iter_windows(
         inputs, targets, positions = inputs.to(device), targets.to(device), positions.to(device)
         with torch.no_grad():
             logits = forward(inputs, targets, positions, group)  # (B, L, V)
-            if what == "nats":
-                values = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
-            else:
+            if what == "entropy":
                 values = entropy(logits)  # (B, L)
+            else:
+                values = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
+            if what == "nats_greedy":
+                greedy = (logits.argmax(-1) == targets).float()  # (B, L)
+                values = torch.stack([values, greedy], dim=-1)  # (B, L, 2)
         values = values.cpu()
         for r, (d, s, first, e) in enumerate(group):
             yield d, first, values[r, first - s : e - s].numpy()
 
 
-def collect(docs: list, items: Iterator[tuple[int, int, np.ndarray]], extra: int = 0) -> list[np.ndarray]:
-    """iter_windows' values gathered into one float32 array per document (len + extra)."""
-    out = [np.zeros(len(doc) + extra, dtype=np.float32) for doc in docs]
+def collect(docs: list, items: Iterator[tuple[int, int, np.ndarray]], extra: int = 0,
+            what: str = "nats") -> list[np.ndarray]:
+    """iter_windows' values gathered into one float32 array per document (len + extra, *shape)."""
+    out = [np.zeros((len(doc) + extra, *VALUE_SHAPES[what]), dtype=np.float32) for doc in docs]
     for d, first, values in items:
         out[d][first : first + len(values)] = values
     return out
@@ -137,30 +144,33 @@ def iter_byte_lm(model, docs: list, batch_size: int = 16, what: str = "nats", eo
 def byte_lm_scores(model, docs: list, batch_size: int = 16, what: str = "nats", eos: bool = False,
                    chunk: int | None = None) -> list:
     """Per-byte values of a ByteLM: float32 arrays of len(doc) (+1 with eos: the EOS last)."""
-    return collect(docs, iter_byte_lm(model, docs, batch_size, what, eos, chunk), int(eos))
+    return collect(docs, iter_byte_lm(model, docs, batch_size, what, eos, chunk), int(eos), what)
 
 
 @_in_eval_mode
-def token_lm_scores(model, docs: list, batch_size: int = 16, chunk: int | None = None) -> list:
-    """Nats per byte of a TokenLM: each token's nats on the last byte it covers."""
+def token_lm_scores(model, docs: list, batch_size: int = 16, what: str = "nats", chunk: int | None = None) -> list:
+    """Per-byte values of a TokenLM: each token's value on the last byte it covers. Its other
+    bytes predict nothing: nats 0 and, with 'nats_greedy', greedy 1.0 (they break no tie)."""
     seqs = model.tokenizer.encode_batch(docs)
     span = model.cfg.span
     chunk = chunk or CHUNK_CONTEXTS * model.cfg.context
-    items = iter_windows(seqs, _lm_forward(model, span), span, chunk, batch_size,
+    items = iter_windows(seqs, _lm_forward(model, span), span, chunk, batch_size, what,
                          ids=(TOKEN_BOS, TOKEN_EOS, TOKEN_PAD), device=_device(model))
-    token_nats = collect(seqs, items)
+    token_values = collect(seqs, items, what=what)
     lengths = model.token_lengths.cpu().numpy()
     out = []
-    for doc, ids, nats in zip(docs, seqs, token_nats):
-        per_byte = np.zeros(len(doc), dtype=np.float32)
-        per_byte[np.cumsum(lengths[ids]) - 1] = nats
+    for doc, ids, values in zip(docs, seqs, token_values):
+        per_byte = np.zeros((len(doc), *VALUE_SHAPES[what]), dtype=np.float32)
+        if what == "nats_greedy":
+            per_byte[:, 1] = 1.0
+        per_byte[np.cumsum(lengths[ids]) - 1] = values
         out.append(per_byte)
     return out
 
 
 @_in_eval_mode
-def blt_scores(model, docs: list, batch_size: int = 16, chunk: int | None = None) -> list:
-    """Nats per byte of a ByteLatentTransformer with its attached patcher."""
+def blt_scores(model, docs: list, batch_size: int = 16, what: str = "nats", chunk: int | None = None) -> list:
+    """Per-byte values (nats by default) of a ByteLatentTransformer with its attached patcher."""
     model.check_patching()
     C = model.cfg.context
     chunk = chunk or CHUNK_CONTEXTS * C
@@ -186,5 +196,5 @@ def blt_scores(model, docs: list, batch_size: int = 16, chunk: int | None = None
         # padding sits after each row's window: every rule is causal, so it moves nothing real
         return model(ids, window_starts(model, window, ent))
 
-    items = iter_windows(docs, forward, C, chunk, batch_size, device=device)
-    return collect(docs, items)
+    items = iter_windows(docs, forward, C, chunk, batch_size, what, device=device)
+    return collect(docs, items, what=what)

@@ -25,17 +25,19 @@ class ModelKind:
     prepare: Callable  # (cfg, corpus, run_dir, env with rank/device/barrier()) -> cfg, resolved
     sampler: Callable  # (cfg, corpus, run_dir, rank) -> object with .batch(step, micro) -> dict
     train_flops_per_position: Callable  # (cfg, batch stats from model.loss) -> training FLOPs
-    scores: Callable  # (model, docs, batch_size) -> nats per byte of each document
+    scores: Callable  # (model, docs, batch_size, what='nats') -> per-byte values of each document (scorer.py)
     describe: Callable  # (model, cfg, scored docs) -> (extra eval figures, FlopReport)
     generate: Callable  # (model, prompts, GenerationArgs, on_bytes) -> new bytes per prompt
     after_init: Callable = lambda model, cfg: None  # a fresh run's model after init_weights()
+    generates: bool = True  # False: `generate` only raises a UserError saying so
 
 
 KINDS = {
     "byte": ModelKind("byte", kind_byte.build, kind_byte.prepare, kind_byte.sampler,
                       kind_byte.train_flops_per_position, byte_lm_scores, kind_byte.describe, kind_byte.generate),
     "bpe": ModelKind("bpe", kind_bpe.build, kind_bpe.prepare, kind_bpe.sampler,
-                     kind_bpe.train_flops_per_position, token_lm_scores, kind_bpe.describe, kind_bpe.generate),
+                     kind_bpe.train_flops_per_position, token_lm_scores, kind_bpe.describe, kind_bpe.generate,
+                     generates=False),
     "blt": ModelKind("blt", kind_blt.build, kind_blt.prepare, kind_blt.sampler,
                      kind_blt.train_flops_per_position, blt_scores, kind_blt.describe, kind_blt.generate,
                      kind_blt.after_init),

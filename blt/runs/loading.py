@@ -94,14 +94,14 @@ class OpenRun:
     kind: ModelKind
     step: int | None  # None for a Hugging Face checkpoint
 
-    def scores(self, docs: list, batch_size: int = 16) -> list:
-        """Nats per byte of each document (uint8 arrays), given BOS and earlier bytes."""
-        return self.kind.scores(self.model, docs, batch_size)
+    def scores(self, docs: list, batch_size: int = 16, what: str = "nats") -> list:
+        """Nats per byte of each document (uint8 arrays), given BOS and earlier bytes; what=
+        'nats_greedy' adds a column, 1.0 where the byte was the model's argmax (scorer.py)."""
+        return self.kind.scores(self.model, docs, batch_size, what)
 
     def generate(self, prompts: list[bytes], args: GenerationArgs = GenerationArgs(),
                  on_bytes: OnBytes | None = None) -> list[bytes]:
         return self.kind.generate(self.model, prompts, args, on_bytes)
-
 
     @property
     def is_hf(self) -> bool:
