@@ -100,7 +100,7 @@ def render(data: bytes, starts: np.ndarray, colour: bool) -> bytes:
 def run(args) -> int:
     if args.max_bytes < 1:
         raise UserError(f"--max-bytes must be at least 1, got {args.max_bytes}")
-    data = read_input(args.input)[: args.max_bytes]
+    data = read_input(args.input, args.max_bytes)
     doc = np.frombuffer(data, dtype=np.uint8)
     patching = patcher_for_run(args.run, args.device)
     cfg = _patcher_config(args, patching.config)
