@@ -150,6 +150,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir`; returns the final metrics (see the module docstring)."""
     out_dir = Path(out_dir)
+    corpus = open_corpus(cfg.data)  # bad data is refused before the run directory is touched
     with RunLock(out_dir, enabled=D.env_rank() == 0):
         has_ckpt = (out_dir / layout.CHECKPOINTS / layout.LATEST).is_file()
         if has_ckpt and not resume:
@@ -157,8 +158,6 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
                             f"or choose another --out")
         if resume and not has_ckpt:
             raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
-        corpus = open_corpus(cfg.data)
-
         env = D.init_distributed(cfg.train.device)
         try:
             return _train(cfg, out_dir, resume, corpus, env)
