@@ -2,15 +2,20 @@
 
 Each command module defines `configure(parser)`, which registers its arguments and sets `func`.
 Only the chosen command's module is imported (`blt --help` imports none, so it answers at
-once). Bad input surfaces as UserError: one line on stderr and exit status 2, no traceback.
+once). Exit statuses: 0 done; 2 bad input (a UserError: one line on stderr, no traceback);
+128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM: one line on stderr; SIGTERM is raised
+as Ctrl-C is, so the same cleanups run; training saves a checkpoint first, see
+blt.train.loop); 1 a bug of ours (a traceback).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
-from blt.errors import UserError
+from blt.errors import Terminated, UserError, signal_exit_status
 
 COMMANDS = {
     "train": "train a model from a YAML config",
@@ -59,9 +64,15 @@ def _chosen(argv: list[str]) -> str:
     return next((a for a in argv if a in COMMANDS), "")
 
 
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_chosen(argv)).parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -70,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `blt generate ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f"blt {args.command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return signal_exit_status(signum)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
     cfg = load_config(RunConfig, "configs/tiny.yaml", ["optim.lr=3e-4", "model.dim=64"])
 
 Every key is checked against the dataclass: an unknown key or a value of the wrong type
-raises UserError naming the dotted key. Values on the command line are parsed as YAML
-scalars, so `train.steps=100`, `optim.lr=3e-4`, `data.window=null` and `train.bf16=true`
-mean what they look like.
+raises UserError naming the dotted key, and so does a value its dataclass's `validate()`
+refuses (`must` raises InvalidValue with the field's name; the dotted key is added here).
+Values on the command line are parsed as YAML scalars, so `train.steps=100`, `optim.lr=3e-4`,
+`data.window=null` and `train.bf16=true` mean what they look like.
 """
 from __future__ import annotations
 
@@ -18,8 +19,24 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from blt.errors import UserError
+from blt.files import atomic_write_text, read_text
 
 T = TypeVar("T")
+
+
+class InvalidValue(UserError):
+    """A config value out of its range, raised by a validate() method (see `must`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def must(ok: bool, field: str, rule: str, value) -> None:
+    """validate() helper: InvalidValue 'FIELD must be RULE, got VALUE' unless ok (NaN compares
+    False, so `must(x > 0, ...)` refuses NaN too)."""
+    if not ok:
+        raise InvalidValue(field, f"must be {rule}, got {value!r}")
 
 
 def _type_name(tp) -> str:
@@ -98,7 +115,10 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if check is not None:
-        check()
+        try:
+            check()
+        except InvalidValue as e:
+            raise UserError(f"config key '{prefix}{e.field}' {e.problem}") from None
     return obj
 
 
@@ -150,7 +170,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -166,4 +186,4 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
 
 
 def save_yaml(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

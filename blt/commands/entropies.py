@@ -36,7 +36,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"{args.out} is a file; --out takes a directory")
+        raise UserError(f"{args.out} exists and is not a directory; --out takes a directory")
     load_run_config(args.entropy_run)  # a wrong run directory fails before the corpus is read
     corpus = load_corpus(resolve_corpus(args.data), args.splits, args.data_dir)
     device = pick_device(args.device)

@@ -12,24 +12,31 @@ Offline and on a laptop CPU in a few minutes, on the first 2 MB of the `stdlib` 
 Each step is a function of the shared `Quickstart` state, listed in STEPS. `key=value`
 overrides change the BLT's config (e.g. `train.steps=100`; its data.* settings also feed the
 entropy model) and `entropy.key=value` the entropy model's (e.g. `entropy.train.steps=50`);
-results go to OUT/quickstart.json and a summary to stdout.
+results go to OUT/quickstart.json and a summary to stdout (dropped if stdout is closed: the work
+goes on).
+Ctrl-C or SIGTERM stops it (exit status 130 or 143) once the run under way has saved a
+checkpoint; rerunning the same command then continues where it stopped: a finished run is kept,
+an interrupted one resumes (with the settings it started with). A directory holding a finished
+quickstart is refused. The quickstart holds OUT's lock (blt.runs.lock) while it runs.
 """
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from blt.config import from_dict, merge, parse_overrides
-from blt.errors import UserError
+from blt.errors import UserError, signal_exit_status
+from blt.experiments.study import Stopped, final_metrics, train_to_end
+from blt.files import atomic_write_text, print_line
 from blt.inference.args import GenerationArgs
-from blt.runs import layout
 from blt.runs.config import RunConfig
 from blt.runs.evaluate import evaluate_run
 from blt.runs.loading import open_run
-from blt.train.loop import train
+from blt.runs.lock import RunLock
 
 DATA = {"corpus": "stdlib", "max_bytes": 2_000_000, "batch_size": 16}
 ENTROPY_CONFIG = {
@@ -56,6 +63,7 @@ BLT_CONFIG = {
 }
 EVAL_BYTES = 50_000  # of the val split's 100,000; `blt eval OUT/blt` scores all of it
 PROMPT = b"def "
+RESULTS = "quickstart.json"
 
 
 @dataclass
@@ -67,14 +75,18 @@ class Quickstart:
     sample_bytes: int
     results: dict = field(default_factory=dict)
     run: object = None  # the trained BLT (an OpenRun), reloaded from its run directory by step_evaluate
-    stopped: str | None = None  # set by a step that ends the pipeline early (Ctrl-C)
+    stopped: str | None = None  # the name of the signal that ended the pipeline early
 
 
 def _train(qs: Quickstart, name: str, cfg, out: Path) -> None:
-    result = train(cfg, out)
-    qs.results[name] = {k: result[k] for k in ("step", "bpb", "val_bpb", "elapsed", "bytes_per_s") if k in result}
-    if result.get("interrupted"):
-        qs.stopped = f"training stopped by {result.get('signal', 'a signal')} at step {result['step']}"
+    """Train a run to its end: fresh, resumed after an interruption, or already done."""
+    try:
+        train_to_end(cfg, out)
+    except Stopped as e:
+        qs.stopped = e.signal_name
+        return
+    last = final_metrics(out)
+    qs.results[name] = {k: last[k] for k in ("step", "bpb", "val_bpb", "elapsed", "bytes_per_s") if k in last}
 
 
 def step_train_entropy(qs: Quickstart) -> None:
@@ -89,7 +101,7 @@ def step_evaluate(qs: Quickstart) -> None:
     qs.run = open_run(qs.out / "blt", "auto")
     result = evaluate_run(qs.run, max_bytes=qs.eval_bytes)
     qs.results["eval"] = {**result, "step": qs.run.step}
-    print(
+    print_line(
         f"BLT val bpb {result['bpb']:.4f} over {result['bytes']:,} bytes of {result['corpus']} [val]; "
         f"mean patch size {result['mean_patch_size']:.2f} bytes (theta {result['theta']:.3f} nats, "
         f"target {result['target_patch_size']})"
@@ -100,7 +112,7 @@ def step_sample(qs: Quickstart) -> None:
     (text,) = qs.run.generate([PROMPT], GenerationArgs(max_new_bytes=qs.sample_bytes, temperature=0.8, top_k=50))
     sample = (PROMPT + text).decode("utf-8", errors="replace")
     qs.results["sample"] = sample
-    print(f"sample (temperature 0.8, top-k 50, seed 0):\n{sample}")
+    print_line(f"sample (temperature 0.8, top-k 50, seed 0):\n{sample}")
 
 
 STEPS = [
@@ -121,8 +133,6 @@ def configure(p):
 
 def run(args) -> int:
     out = Path(args.out)
-    if any((out / sub / layout.CHECKPOINTS / layout.LATEST).is_file() for sub in ("entropy", "blt")):
-        raise UserError(f"{out} already holds a run; pass --out with a new directory (or remove it)")
     if args.eval_bytes < 0:
         raise UserError(f"--eval-bytes must be >= 0 (0 = all of val), got {args.eval_bytes}")
     if args.sample_bytes < 0:
@@ -134,16 +144,26 @@ def run(args) -> int:
     same_data = {"data": {k: getattr(cfg.data, k) for k in ("corpus", "splits", "data_dir", "max_bytes")}}
     entropy_cfg = from_dict(RunConfig, merge(merge(ENTROPY_CONFIG, same_data), entropy_overrides))
     qs = Quickstart(out, entropy_cfg, cfg, args.eval_bytes or None, args.sample_bytes)
+    with RunLock(out):
+        if (out / RESULTS).is_file():
+            raise UserError(f"{out} already holds a run (a finished quickstart); pass --out with a new directory "
+                            f"(or remove it)")
+        return _run_steps(qs)
+
+
+def _run_steps(qs: Quickstart) -> int:
+    out = qs.out
     t0 = time.time()
     for i, (title, fn) in enumerate(STEPS, 1):
-        print(f"[{i}/{len(STEPS)}] {title}", flush=True)
+        print_line(f"[{i}/{len(STEPS)}] {title}")
         fn(qs)
         if qs.stopped:
-            print(f"blt quickstart: {qs.stopped}; the checkpoint is in {out}", file=sys.stderr)
-            return 130
+            print(f"blt quickstart: stopped by {qs.stopped}; the checkpoint is in {out}: rerun the same "
+                  f"command to continue", file=sys.stderr)
+            return signal_exit_status(signal.Signals[qs.stopped])
     qs.results["seconds"] = round(time.time() - t0, 1)
-    (out / "quickstart.json").write_text(json.dumps(qs.results, indent=1) + "\n")
-    print(
+    atomic_write_text(out / RESULTS, json.dumps(qs.results, indent=1) + "\n")
+    print_line(
         f"done in {qs.results['seconds']:.0f}s; runs in {out}/entropy and {out}/blt. Next:\n"
         f"  blt generate {out}/blt --prompt 'import ' --temperature 0.8\n  blt eval {out}/blt --split test\n"
         f"  blt patches {out}/blt --input some_file.py"

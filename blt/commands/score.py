@@ -3,34 +3,35 @@
 The file is one document: BOS then its bytes, any bytes at all (text or binary). The output is
 a float32 .npy array with one entry per byte: the nats the model spent on that byte given BOS
 and every earlier byte (within its context: blt.evaluation.scorer). It is written under a
-temporary name and renamed, so a failure never leaves half a file. stdout gets a one-line JSON
-summary: {"input", "out", "bytes", "nats", "bpb", "step"}.
+temporary name and renamed, so a failure never leaves half a file; `--out -` writes it to
+stdout, and a device or FIFO (/dev/null, a named pipe) is written directly. stdout (stderr
+with `--out -`) gets a one-line JSON summary: {"input", "out", "bytes", "nats", "bpb", "step"}.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from blt.commands.common import add_device_arg
 from blt.evaluation.bpb import bits_per_byte
-from blt.files import check_output, read_input, temporary_name
+from blt.files import STDOUT, check_output, read_input, write_bytes
 from blt.runs.loading import open_run
 
 
 def save_npy(array: np.ndarray, out: Path) -> None:
-    tmp = temporary_name(out)
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, out)
+    buffer = io.BytesIO()  # np.save wants a seekable file; a FIFO or a pipe is not one
+    np.save(buffer, array)
+    write_bytes(out, buffer.getvalue())
 
 
 def configure(p):
     p.add_argument("run", help="run directory")
     p.add_argument("--input", required=True, type=Path, help="file to score (any bytes)")
-    p.add_argument("--out", required=True, type=Path, help="where to write the float32 .npy array")
+    p.add_argument("--out", required=True, help="where to write the float32 .npy array ('-': stdout)")
     add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -50,5 +51,5 @@ def run(args) -> int:
         "bpb": bits_per_byte(total, len(data)),
         "step": opened.step,
     }
-    print(json.dumps(summary))
+    print(json.dumps(summary), file=sys.stderr if args.out == STDOUT else sys.stdout)
     return 0

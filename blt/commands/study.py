@@ -2,17 +2,19 @@
 
 Trains and evaluates every cell of a study config (see blt/experiments/study.py and configs/study_*.yaml)
 into DIR (default runs/<config stem>), then writes DIR/results.md, results.csv and the plots.
-Rerunning the same command skips finished cells and resumes an interrupted one; `key=value`
+Rerunning the same command skips finished cells and resumes an interrupted one (Ctrl-C or
+SIGTERM stops it with 130 or 143 once the cell under way has saved a checkpoint); `key=value`
 overrides any study config entry (`budgets=[1e12,3e12]`, `model.dim=64`). On success the last
 line on stdout is the path of results.md.
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from blt.commands.common import accept_late_overrides
 from blt.config import load_config
-from blt.errors import UserError
+from blt.errors import UserError, signal_exit_status
 from blt.experiments.study import StudyConfig, run_study
 
 
@@ -35,7 +37,7 @@ def run(args) -> int:
     for r in summary["cells"]:
         print(f"{r['cell']:>9} @ {r['budget']:.3g} FLOPs: {r['steps']:>6} steps, bpb {r['bpb']:.4f}")
     if not summary["complete"]:
-        print(f"stopped before the grid was done; rerun the same command to continue ({out})")
-        return 0
+        print(f"stopped by {summary['signal']} before the grid was done; rerun the same command to continue ({out})")
+        return signal_exit_status(signal.Signals[summary["signal"]])
     print(out / "results.md")
     return 0

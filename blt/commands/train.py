@@ -5,17 +5,22 @@ runs/<config stem>). `key=value` overrides any config entry (`optim.lr=3e-4`), -
 data.corpus and --steps sets train.steps. A directory that already holds a checkpoint is
 only continued with --resume, which takes the run's own config.yaml (overrides and --steps
 still apply, so --steps can extend a finished run); CONFIG may then be the run directory.
-Under torchrun every rank runs this command; rank 0 alone writes and prints.
+Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with 128 + the
+signal's number (130, 143); a closed stdout (`blt train ... | head`) drops the progress lines
+and training goes on. Under torchrun every rank runs this command; rank 0 alone writes and
+prints.
 """
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 from pathlib import Path
 
 from blt.commands.common import accept_late_overrides
 from blt.config import from_dict, merge, parse_overrides, read_yaml
-from blt.errors import UserError
+from blt.errors import UserError, signal_exit_status
+from blt.files import print_line
 from blt.runs import layout
 from blt.runs.config import RunConfig
 from blt.train.loop import train
@@ -64,15 +69,16 @@ def resolve_config(args) -> tuple[object, Path]:
 def run(args) -> int:
     cfg, out = resolve_config(args)
     result = train(cfg, out, resume=args.resume)
+    status = signal_exit_status(signal.Signals[result["signal"]]) if result.get("interrupted") else 0
     if result.get("rank", 0) != 0 or os.environ.get("RANK", "0") != "0":
-        return 0
+        return status
     where = result.get("checkpoint", str(out))
     if result.get("interrupted"):
-        print(
-            f"stopped by {result.get('signal', 'a signal')} at step {result['step']}/{result['steps']}; "
+        print_line(
+            f"stopped by {result['signal']} at step {result['step']}/{result['steps']}; "
             f"checkpoint saved to {where}\ncontinue with: blt train {shlex.quote(str(out))} --resume"
         )
-        return 0
+        return status
     val = f", val bpb {result['val_bpb']:.4f} on {result['val_bytes']:,} bytes" if "val_bpb" in result else ""
-    print(f"done: step {result['step']}, train bpb {result.get('bpb', float('nan')):.4f}{val}; checkpoint {where}")
+    print_line(f"done: step {result['step']}, train bpb {result.get('bpb', float('nan')):.4f}{val}; checkpoint {where}")
     return 0

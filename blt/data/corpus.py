@@ -5,7 +5,8 @@ to back, plus the offsets where documents start. Sources:
 
 - a file: one document, memory-mapped in place;
 - a directory (recursive, sorted paths) or a glob: one document per file, concatenated once
-  into a cache file and memory-mapped from there;
+  into a cache file and memory-mapped from there; a file reached twice (through a symlink, or
+  a symlink loop) is one document, at its first path;
 - `stdlib`: the .py files of the running Python's standard library (site-packages left out),
   the embedded default corpus that every machine has offline;
 - `enwik8`: the first 10^8 bytes of English Wikipedia, see `blt.data.enwik8`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
-import os
+import stat
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from blt.data.cache import cache_dir
 from blt.data import enwik8
 from blt.errors import UserError
-from blt.files import atomic_write_text, temporary_name
+from blt.files import atomic_write_text, make_directory, open_output, read_errors, read_json, sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -96,14 +97,6 @@ def split_fractions(name: str, splits: str) -> tuple[float, ...]:
     return tuple(float(x) for x in np.cumsum(parts) / 100.0)
 
 
-def _sha256_file(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h
-
-
 def stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
@@ -118,36 +111,51 @@ def _concatenated(files: list[Path], label: str) -> tuple[np.ndarray, np.ndarray
     d = cache_dir() / "corpora"
     bin_path, meta_path = d / f"{key}.bin", d / f"{key}.json"
     if not (bin_path.exists() and meta_path.exists()):
-        d.mkdir(parents=True, exist_ok=True)
+        make_directory(d, "$BLT_CACHE_DIR")
         h = hashlib.sha256()
-        tmp = temporary_name(bin_path)
-        with open(tmp, "wb") as out:
+        with open_output(bin_path) as out:
             for p in files:
-                block = p.read_bytes()
+                with read_errors(p):
+                    block = p.read_bytes()
                 h.update(block)
                 out.write(block)
         docs = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         meta = {"files": len(files), "bytes": int(docs[-1]), "sha256": h.hexdigest(), "docs": docs.tolist()}
-        os.replace(tmp, bin_path)
         atomic_write_text(meta_path, json.dumps(meta))
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     docs = np.asarray(meta["docs"], dtype=np.int64)
     data = np.memmap(bin_path, dtype=np.uint8, mode="r") if meta["bytes"] else np.zeros(0, np.uint8)
     fp = {"source": label, "files": meta["files"], "bytes": meta["bytes"], "sha256": meta["sha256"]}
     return data, docs, fp
 
 
+def _unique_files(paths) -> list[Path]:
+    """The regular files among paths, in order, each once (a file reached again through a
+    symlink, or round a symlink loop, keeps its first path)."""
+    seen, files = set(), []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:  # a broken link
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append(p)
+    return files
+
+
 def _from_files(files: list[Path], label: str, splits: str) -> Corpus:
-    files = [p for p in files if p.is_file()]
+    files = _unique_files(files)
     if not files:
         raise UserError(f"no files found for corpus '{label}'")
     if sum(p.stat().st_size for p in files) == 0:
         raise UserError(f"corpus '{label}' is empty (0 bytes)")
     if len(files) == 1:
         path = files[0]
-        data = np.memmap(path, dtype=np.uint8, mode="r")
+        with read_errors(path):
+            data = np.memmap(path, dtype=np.uint8, mode="r")
+            fp = {"source": label, "files": 1, "bytes": len(data), "sha256": sha256_file(path)}
         docs = np.array([0, len(data)], dtype=np.int64)
-        fp = {"source": label, "files": 1, "bytes": len(data), "sha256": _sha256_file(path).hexdigest()}
     else:
         data, docs, fp = _concatenated(files, label)
     return Corpus(label, data, docs, split_fractions(label, splits), fp)
@@ -197,12 +205,12 @@ def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None) ->
     if path.is_file():
         return _from_files([path], str(spec), splits)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = _unique_files(sorted(path.rglob("*")))
         if not files:
             raise UserError(f"directory {spec} holds no files")
         return _from_files(files, str(spec), splits)
     if any(ch in spec for ch in "*?["):
-        files = sorted(Path(p) for p in globlib.glob(spec, recursive=True) if Path(p).is_file())
+        files = _unique_files(sorted(Path(p) for p in globlib.glob(spec, recursive=True)))
         if not files:
             raise UserError(f"glob {spec} matches no files")
         return _from_files(files, str(spec), splits)

@@ -7,7 +7,6 @@ error says where to put a copy.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import urllib.request
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from blt.data.cache import cache_dir
 from blt.errors import UserError
-from blt.files import temporary_name
+from blt.files import make_directory, read_errors, sha256_file, write_bytes
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 SIZE = 100_000_000
@@ -26,11 +25,7 @@ SHA256 = "2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8"
 def _verify(path: Path, expected_sha: str = SHA256, expected_size: int = SIZE) -> None:
     if path.stat().st_size != expected_size:
         raise UserError(f"{path} has {path.stat().st_size} bytes; enwik8 has {expected_size}")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected_sha:
+    if sha256_file(path) != expected_sha:
         raise UserError(f"{path} does not match enwik8's published sha256 {expected_sha}")
 
 
@@ -40,9 +35,7 @@ def _unzip(zip_bytes: bytes, dest: Path) -> None:
             payload = z.read("enwik8")
     except (zipfile.BadZipFile, KeyError):
         raise UserError("the enwik8 zip is damaged or holds no 'enwik8' member") from None
-    tmp = temporary_name(dest)
-    tmp.write_bytes(payload)
-    os.replace(tmp, dest)
+    write_bytes(dest, payload)
 
 
 def enwik8_path(data_dir: str | None = None, url: str = URL, sha256: str = SHA256, size: int = SIZE) -> Path:
@@ -55,8 +48,10 @@ def enwik8_path(data_dir: str | None = None, url: str = URL, sha256: str = SHA25
             _verify(place / "enwik8", sha256, size)
             return place / "enwik8"
         if (place / "enwik8.zip").is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            _unzip((place / "enwik8.zip").read_bytes(), cache / "enwik8")
+            make_directory(cache, "$BLT_CACHE_DIR")
+            with read_errors(place / "enwik8.zip"):
+                zip_bytes = (place / "enwik8.zip").read_bytes()
+            _unzip(zip_bytes, cache / "enwik8")
             _verify(cache / "enwik8", sha256, size)
             return cache / "enwik8"
     try:
@@ -67,7 +62,7 @@ def enwik8_path(data_dir: str | None = None, url: str = URL, sha256: str = SHA25
             f"enwik8 is not available locally and could not be downloaded ({e.__class__.__name__}); "
             f"put enwik8 or enwik8.zip in a directory and pass data.data_dir=DIR or set BLT_DATA_DIR"
         ) from None
-    cache.mkdir(parents=True, exist_ok=True)
+    make_directory(cache, "$BLT_CACHE_DIR")
     _unzip(zip_bytes, cache / "enwik8")
     _verify(cache / "enwik8", sha256, size)
     return cache / "enwik8"

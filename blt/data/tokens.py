@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from blt.data.bpe import BYTE_CHARS, chars_to_bytes, learn_bpe, piece_texts, token_strings
 from blt.data.corpus import ByteSplit
 from blt.errors import UserError
-from blt.files import atomic_write_text, temporary_name
+from blt.files import atomic_write_text, make_directory, open_output, read_json, read_text
 
 BOS, EOS, PAD = 0, 1, 2
 SPECIAL_TOKENS = ("\u27e8bos\u27e9", "\u27e8eos\u27e9", "\u27e8pad\u27e9")  # ⟨bos⟩ ⟨eos⟩ ⟨pad⟩
@@ -123,8 +122,9 @@ def load_tokenizer(path) -> BPETokenizer:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"BPE tokenizer not found: {path}")
+    text = read_text(path)
     try:
-        tok = Tokenizer.from_str(path.read_text())
+        tok = Tokenizer.from_str(text)
     except Exception:  # the library raises plain Exceptions for any malformed JSON
         raise UserError(f"{path} is not a tokenizer file") from None
     return BPETokenizer(tok, str(path))
@@ -150,21 +150,19 @@ def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dic
     bin_path, meta_path = prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".json")
     want = {"tokenizer": tokenizer.sha256, "source": source, "bytes": split.n_bytes}
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         if all(meta.get(k) == v for k, v in want.items()) and bin_path.is_file():
             return np.memmap(bin_path, dtype=meta["dtype"], mode="r")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(prefix.parent)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    tmp = temporary_name(bin_path)
     n_tokens = n_docs = 0
-    with open(tmp, "wb") as f:
+    with open_output(bin_path) as f:
         for ids in tokenizer.iter_encode(split.documents()):
             if len(ids) == 0:
                 continue
             f.write(np.concatenate([[BOS], ids, [EOS]]).astype(dtype).tobytes())
             n_tokens += len(ids) + 2
             n_docs += 1
-    os.replace(tmp, bin_path)
     meta = {**want, "dtype": np.dtype(dtype).name, "tokens": n_tokens, "documents": n_docs}
     atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype=dtype)

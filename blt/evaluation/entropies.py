@@ -49,40 +49,40 @@ def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_s
     provenance (the entropy run, its checkpoint and config) goes into entropies.json."""
     was_training = model.training
     model.eval()
-    writer = EntropyFileWriter(out_dir, len(corpus.data))
     eos_all, eos_ranges = [], {}
     total, n_done = 0.0, 0
     t0 = time.time()
     bar = tqdm(total=len(corpus.data), unit="B", unit_scale=True, desc="entropies",
                disable=not progress or not sys.stderr.isatty())
-    for name in corpus.split_names:
-        lo, _ = corpus.split_range(name)
-        split = corpus.split(name)
-        keep = [(int(a), int(b)) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
-        docs = [split.data[a:b] for a, b in keep]
-        eos = np.zeros(len(docs), dtype=np.float32)
-        for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy", eos=True):
-            n = len(docs[d])
-            n_bytes = min(len(values), n - c)  # the EOS value, if any, is the last one
-            at = lo + keep[d][0] + c
-            writer.data[at : at + n_bytes] = values[:n_bytes]
-            if c + len(values) > n:
-                eos[d] = values[-1]
-            total += float(values[:n_bytes].sum(dtype=np.float64))
-            n_done += n_bytes
-            bar.update(n_bytes)
-        eos_ranges[name] = [len(eos_all), len(eos_all) + len(eos)]
-        eos_all.extend(eos.tolist())
-    bar.close()
-    model.train(was_training)
-    stats = {"bytes": n_done, "mean_entropy": total / max(n_done, 1), "seconds": round(time.time() - t0, 3)}
-    meta = {
-        "corpus": corpus_fingerprint(corpus),
-        "corpus_name": corpus.name,
-        **provenance,
-        "alignment": "ent[b] = entropy (nats) of the distribution predicting byte b from BOS and earlier bytes",
-        "eos_ranges": eos_ranges,
-        "stats": stats,
-    }
-    writer.finish(eos_all, meta)
+    with EntropyFileWriter(out_dir, len(corpus.data)) as writer:
+        for name in corpus.split_names:
+            lo, _ = corpus.split_range(name)
+            split = corpus.split(name)
+            keep = [(int(a), int(b)) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
+            docs = [split.data[a:b] for a, b in keep]
+            eos = np.zeros(len(docs), dtype=np.float32)
+            for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy", eos=True):
+                n = len(docs[d])
+                n_bytes = min(len(values), n - c)  # the EOS value, if any, is the last one
+                at = lo + keep[d][0] + c
+                writer.data[at : at + n_bytes] = values[:n_bytes]
+                if c + len(values) > n:
+                    eos[d] = values[-1]
+                total += float(values[:n_bytes].sum(dtype=np.float64))
+                n_done += n_bytes
+                bar.update(n_bytes)
+            eos_ranges[name] = [len(eos_all), len(eos_all) + len(eos)]
+            eos_all.extend(eos.tolist())
+        bar.close()
+        model.train(was_training)
+        stats = {"bytes": n_done, "mean_entropy": total / max(n_done, 1), "seconds": round(time.time() - t0, 3)}
+        meta = {
+            "corpus": corpus_fingerprint(corpus),
+            "corpus_name": corpus.name,
+            **provenance,
+            "alignment": "ent[b] = entropy (nats) of the distribution predicting byte b from BOS and earlier bytes",
+            "eos_ranges": eos_ranges,
+            "stats": stats,
+        }
+        writer.finish(eos_all, meta)
     return stats

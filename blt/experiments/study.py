@@ -28,9 +28,10 @@ and the patch size on those bytes), and on robustness pairs cut from them (blt.e
 RESUMING. <out>/cells/<budget>/<cell>/ is an ordinary run directory. A cell is done when its
 result.json exists; a cell with a checkpoint short of its steps resumes from it; a cell
 whose training finished is only evaluated. Rerunning the command therefore redoes only
-what is missing, and the report (blt.experiments.study_report) is rewritten from all results. What a
-cell's setup, training and evaluation print goes to its study.log; the terminal shows one
-progress bar over the grid.
+what is missing, and the report (blt.experiments.study_report) is rewritten from all results.
+A signal stops the study once the run it reached has saved its checkpoint. What a cell's
+setup, training and evaluation print goes to its study.log; the terminal shows one progress
+bar over the grid.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from blt.evaluation.bpb import split_documents
 from blt.evaluation.flops import byte_lm_flops
 from blt.evaluation.noise import NOISE_KINDS, check_noise, robustness, scoring_pairs
 from blt.experiments.study_report import write_report
-from blt.files import atomic_write_text
+from blt.files import atomic_write_text, make_directory, read_json, read_text
 from blt.models.blt import complete_starts
 from blt.models.byte_lm import ByteLMConfig
 from blt.runs import layout
@@ -61,6 +62,7 @@ from blt.runs.evaluate import evaluate_run
 from blt.runs.kind_blt import write_run_entropies
 from blt.runs.kinds import KINDS, kind_of
 from blt.runs.loading import open_run, pick_device
+from blt.runs.lock import RunLock
 from blt.train import loop
 from blt.train.metrics import read_metrics
 from blt.vocab import is_byte
@@ -170,6 +172,8 @@ class StudyConfig:
             raise UserError(f"eval_bytes must be positive or null, got {self.eval_bytes}")
         if self.measure_batches < 1:
             raise UserError(f"measure_batches must be at least 1, got {self.measure_batches}")
+        for cell in self.cells:  # every cell's run config checks its values now, not after hours of training
+            cell_run_config(self, cell, 1, Path("entropy"))
 
 
 def budget_label(budget: float) -> str:
@@ -251,19 +255,30 @@ def _write_json(path: Path, obj) -> None:
 
 def checkpoint_step(run_dir: Path) -> int | None:
     marker = run_dir / layout.CHECKPOINTS / layout.LATEST
-    return layout.checkpoint_step(marker.read_text().strip()) if marker.is_file() else None
+    return layout.checkpoint_step(read_text(marker).strip()) if marker.is_file() else None
 
 
-def train_to_end(cfg: RunConfig, run_dir: Path) -> bool:
+class Stopped(Exception):
+    """A signal stopped one of the study's runs (its checkpoint is saved): the study ends there."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def train_to_end(cfg: RunConfig, run_dir: Path) -> None:
     """Train a run to its last step, resuming its checkpoint if it has one (then its own saved
-    config rules). False if a signal stopped it."""
+    config rules). Stopped if a signal stopped it."""
     step = checkpoint_step(run_dir)
     if step is None:
-        return not loop.train(cfg, run_dir)["interrupted"]
-    saved = load_run_config(run_dir)
-    if step >= saved.train.steps:
-        return True
-    return not loop.train(saved, run_dir, resume=True)["interrupted"]
+        result = loop.train(cfg, run_dir)
+    else:
+        saved = load_run_config(run_dir)
+        if step >= saved.train.steps:
+            return
+        result = loop.train(saved, run_dir, resume=True)
+    if result["interrupted"]:
+        raise Stopped(result["signal"])
 
 
 def measure_patches(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> dict:
@@ -362,12 +377,12 @@ def evaluate_cell(study: StudyConfig, run_dir: Path, pairs) -> dict:
     return out
 
 
-def run_cell(study: StudyConfig, cell: str, budget: float, run_dir: Path, corpus, entropy_dir, pairs) -> dict | None:
-    """Train (or resume) and evaluate one cell; its result, or None if a signal stopped it."""
+def run_cell(study: StudyConfig, cell: str, budget: float, run_dir: Path, corpus, entropy_dir, pairs) -> dict:
+    """Train (or resume) and evaluate one cell; its result (Stopped if a signal stopped it)."""
     result_path = run_dir / RESULT_FILE
     if result_path.is_file():
-        return json.loads(result_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return read_json(result_path)
+    make_directory(run_dir)
     with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         return _run_cell(study, cell, budget, run_dir, corpus, entropy_dir, pairs)
 
@@ -379,9 +394,8 @@ def _run_cell(study, cell, budget, run_dir, corpus, entropy_dir, pairs):
         cfg, plan = plan_cell(study, cell, budget, run_dir, corpus, entropy_dir)
         _write_json(plan_path, plan)
     else:
-        cfg, plan = None, json.loads(plan_path.read_text())  # train_to_end takes the saved config
-    if not train_to_end(cfg, run_dir):
-        return None
+        cfg, plan = None, read_json(plan_path)  # train_to_end takes the saved config
+    train_to_end(cfg, run_dir)
     last = final_metrics(run_dir)
     result = {
         **plan, "cell": cell, "budget": budget, "steps": last["step"], "train_flops": last.get("train_flops"),
@@ -391,15 +405,13 @@ def _run_cell(study, cell, budget, run_dir, corpus, entropy_dir, pairs):
     return result
 
 
-def prepare_entropy_model(study: StudyConfig, out_dir: Path, corpus) -> dict | None:
+def prepare_entropy_model(study: StudyConfig, out_dir: Path, corpus) -> dict:
     """Train the shared entropy model and write the corpus's entropy file (each once)."""
     run_dir = out_dir / "entropy"
     info_path = run_dir / RESULT_FILE
     if info_path.is_file():
-        return json.loads(info_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not train_to_end(entropy_run_config(study), run_dir):
-        return None
+        return read_json(info_path)
+    train_to_end(entropy_run_config(study), run_dir)
     last = final_metrics(run_dir)
     device = pick_device(study.train.device)
     ent = write_run_entropies(run_dir, corpus, run_dir / layout.ENTROPY_DIR, device=device, progress=False)
@@ -427,40 +439,42 @@ def _check_same_study(study: StudyConfig, out_dir: Path) -> None:
                 f"{out_dir} holds a study with another config (differs in: {', '.join(changed)}); "
                 "use another --out"
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(study, path)
 
 
 def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Run (or finish) the whole grid and write the report; returns {'cells', 'entropy_model',
-    'complete'}."""
+    'complete', 'signal'} ('signal': the name of the one that stopped it, when one did). The
+    study holds its directory's lock (blt.runs.lock) throughout."""
     out_dir = Path(out_dir)
+    with RunLock(out_dir):
+        return _run_study(study, out_dir, progress)
+
+
+def _run_study(study: StudyConfig, out_dir: Path, progress: bool) -> dict:
     _check_same_study(study, out_dir)
     corpus = open_corpus(study.data)
     val_docs = split_documents(corpus.split("val"), study.eval_bytes)
     pairs = scoring_pairs(val_docs, study.noise.prefix, study.noise.continuation, study.noise.max_pairs)
     if study.noise.kinds and not pairs:
         raise UserError("the evaluation bytes are too short for one noise scoring pair (prefix + continuation)")
+    save_yaml(study, out_dir / "study.yaml")
     grid = [(b, c) for b in sorted(study.budgets) for c in CELLS if c in study.cells]
     needs_entropy = any(c in ENTROPY_CELLS for c in study.cells)
     bar = tqdm(total=len(grid) + int(needs_entropy), unit="cell", disable=not progress, dynamic_ncols=True)
-    results, entropy_info, complete = [], None, True
+    results, entropy_info, stopped_by = [], None, None
     try:
         if needs_entropy:
             bar.set_description("entropy model")
             entropy_info = prepare_entropy_model(study, out_dir, corpus)
-            complete = entropy_info is not None
             bar.update(1)
-        for budget, cell in grid if complete else []:
+        for budget, cell in grid:
             bar.set_description(f"{cell} @ {budget_label(budget)}")
             run_dir = out_dir / "cells" / budget_label(budget) / cell
-            result = run_cell(study, cell, budget, run_dir, corpus, out_dir / "entropy", pairs)
-            if result is None:
-                complete = False
-                break
-            results.append(result)
+            results.append(run_cell(study, cell, budget, run_dir, corpus, out_dir / "entropy", pairs))
             bar.update(1)
+    except Stopped as e:
+        stopped_by = e.signal_name
     finally:
         bar.close()
     write_report(out_dir, study, results, entropy_info)
-    return {"cells": results, "entropy_model": entropy_info, "complete": complete}
+    return {"cells": results, "entropy_model": entropy_info, "complete": stopped_by is None, "signal": stopped_by}

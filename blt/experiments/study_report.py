@@ -11,10 +11,12 @@ The plots use matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from blt.evaluation.flops import format_flops
+from blt.files import atomic_write_text, open_output
 
 COLUMNS = (
     "cell", "budget", "steps", "train_flops", "flops_vs_budget", "bpb", "eval_bytes", "flops_per_byte",
@@ -48,11 +50,12 @@ def table_rows(results: list[dict]) -> list[dict]:
 def write_csv(path: Path, results: list[dict]) -> None:
     rows = table_rows(results)
     fields = list(COLUMNS) + [f"noise_{k}" for k in _noise_kinds(results)]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(path, text.getvalue())
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -120,7 +123,7 @@ def write_markdown(path: Path, study, results: list[dict], entropy_info: dict | 
         f"same continuations after the clean prefix, on {study.noise.max_pairs} or fewer pairs of "
         f"{study.noise.prefix} + {study.noise.continuation} bytes cut from the evaluation bytes.",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
@@ -141,7 +144,8 @@ def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
+    with open_output(paths[0]) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
@@ -159,7 +163,8 @@ def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
+    with open_output(paths[1]) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return paths
 

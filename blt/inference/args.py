@@ -31,6 +31,8 @@ class GenerationArgs:
         if self.max_new_bytes < 0:
             raise UserError(f"max-new-bytes must be >= 0, got {self.max_new_bytes}")
         check_sampling_args(self.temperature, self.top_k, self.top_p)
+        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise UserError(f"seed must be in [-2**63, 2**64), got {self.seed}")
         if any(len(s) == 0 for s in self.stop):
             raise UserError("a stop string must not be empty")
         return self

@@ -40,11 +40,11 @@ from __future__ import annotations
 import torch
 
 from blt.inference.args import GenerationArgs
-from blt.inference.rows import OnBytes, run_rows
+from blt.inference.rows import FIRST_COLUMNS, OnBytes, grow_columns, run_rows
 from blt.models.cached_stack import CachedStack
+from blt.models.hash_ngram import MISSING
 from blt.models.latent import patch_start_positions
 from blt.patching.entropy import entropy, prediction_entropies
-from blt.models.hash_ngram import MISSING
 from blt.vocab import PAD_ID
 
 PREFILL_MAX = 2048  # prompt positions run in one pass (its masks are (B, 1, T, T)); the rest step
@@ -77,9 +77,11 @@ class IncrementalBLT:
         self.dec_stack = CachedStack(dec.stack, batch, dec.byte_span, max_positions)
         self.recent = torch.full((batch, enc.embed.max_n), MISSING, dtype=torch.long, device=dev)
         # the patcher's history: position p+1 holds the PAD placeholder when it decides starts[p+1]
-        self.ids = torch.full((batch, max_positions + 1), PAD_ID, dtype=torch.long, device=dev)
-        self.ent = torch.zeros(batch, max_positions + 1, device=dev)
-        self.start = torch.zeros(batch, max_positions + 1, dtype=torch.bool, device=dev)
+        # (buffers grow with the positions reached: `_reserve`)
+        first = min(max_positions, FIRST_COLUMNS) + 1
+        self.ids = torch.full((batch, first), PAD_ID, dtype=torch.long, device=dev)
+        self.ent = torch.zeros(batch, first, device=dev)
+        self.start = torch.zeros(batch, first, dtype=torch.bool, device=dev)
         self.start[:, 0] = True
         self.p = 0
         # the open patch: byte states since the row's last start (one set per pooling
@@ -101,6 +103,12 @@ class IncrementalBLT:
     @property
     def entropies(self) -> torch.Tensor:
         return self.ent[:, : self.p + 1]
+
+    def _reserve(self, n: int):
+        """History buffers of at least n positions."""
+        self.ids = grow_columns(self.ids, n, self.N + 1, PAD_ID)
+        self.ent = grow_columns(self.ent, n, self.N + 1, 0.0)
+        self.start = grow_columns(self.start, n, self.N + 1, False)
 
     def _append_open(self, states: list[torch.Tensor]):
         """The newest byte's states (one (B, De) per pooling cross-attention) join the open patch."""
@@ -138,6 +146,7 @@ class IncrementalBLT:
         model, enc, dec = self.model, self.model.encoder, self.model.decoder
         B, m = ids.shape
         x = ids.to(self.ids.device)
+        self._reserve(m + 1)
         self.ids[:, :m] = x
         pos = torch.arange(m, device=x.device).expand(B, m)
         if self.uses_entropy:
@@ -177,6 +186,7 @@ class IncrementalBLT:
         if p >= self.N:
             raise ValueError(f"this state was built for {self.N} positions")
         x = ids.to(self.ids.device)
+        self._reserve(p + 2)
         self.ids[:, p] = x
         if self.uses_entropy:
             em = self.model.entropy_model

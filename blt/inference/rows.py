@@ -4,7 +4,8 @@
 new_bytes)`, holding back bytes that might begin a stop string until it is clear they do not.
 `run_rows` is the position-by-position loop of the BLT paths (incremental and slow): rows
 advance in lockstep, the rows whose prompt is used up sample together with one generator, so
-two paths that produce equal logits draw equal bytes.
+two paths that produce equal logits draw equal bytes. Buffers indexed by position grow with the
+positions reached (`grow_columns`), never sized for max_new_bytes up front.
 """
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ from blt.inference.sampling import sample_next
 from blt.vocab import EOS_ID, PAD_ID, encode
 
 OnBytes = Callable[[int, bytes], None]
+FIRST_COLUMNS = 4096  # positions a per-position buffer holds before it first grows
+
+
+def grow_columns(t: torch.Tensor, n: int, limit: int, fill) -> torch.Tensor:
+    """t (B, L) with at least n columns (doubling, at most `limit`), the new ones set to fill."""
+    if t.shape[1] >= n:
+        return t
+    size = min(limit, max(n, 2 * t.shape[1]))
+    return torch.cat([t, t.new_full((t.shape[0], size - t.shape[1]), fill)], dim=1)
 
 
 class Row:
@@ -67,13 +77,14 @@ def run_rows(prompts: list[bytes], args: GenerationArgs, on_bytes: OnBytes | Non
     seqs = [encode(bytes(p)) for p in prompts]  # BOS + bytes
     lens = [len(s) for s in seqs]
     N = max(lens) + args.max_new_bytes - 1  # input positions: the last new byte is never fed back
-    ids = torch.full((len(rows), N + 1), PAD_ID, dtype=torch.long)
+    ids = torch.full((len(rows), min(N, max(lens) + FIRST_COLUMNS) + 1), PAD_ID, dtype=torch.long)  # grows
     for r, s in enumerate(seqs):
         ids[r, : len(s)] = s
     next_logits = make_next_logits(lens, N)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     made = [0] * len(rows)
     for p in range(N):
+        ids = grow_columns(ids, p + 2, N + 1, PAD_ID)  # position p+1: the PAD placeholder, then the sample
         active = [not row.done for row in rows]
         need = [r for r in range(len(rows)) if active[r] and p + 1 >= lens[r]]
         logits = next_logits(p, ids, active, need)

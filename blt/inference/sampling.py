@@ -10,6 +10,8 @@ id a model may emit is EOS (end of document, which ends generation).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from blt.errors import UserError
@@ -17,8 +19,8 @@ from blt.vocab import EOS_ID
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not temperature >= 0:  # also rejects NaN
-        raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:  # also rejects NaN
+        raise UserError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise UserError(f"top-k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:

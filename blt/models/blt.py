@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blt.config import InvalidValue, must
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, masked_targets
 from blt.models.hash_ngram import HASH_PRIMES
@@ -114,23 +115,26 @@ class BLTConfig:
 
     def validate(self):
         self.resolve_architecture()
-        for part in (self.encoder, self.latent, self.decoder):
-            part.validate()
-        if self.context < 2:
-            raise UserError(f"model.context must be at least 2, got {self.context}")
-        if self.latent_context is not None and self.latent_context < 1:
-            raise UserError(f"model.latent_context must be at least 1 or null, got {self.latent_context}")
-        if self.k < 1:
-            raise UserError(f"model.k (queries per patch) must be at least 1, got {self.k}")
+        for name in ("encoder", "latent", "decoder"):
+            try:
+                getattr(self, name).validate()
+            except InvalidValue as e:
+                raise InvalidValue(f"{name}.{e.field}", e.problem) from None
+        must(self.context >= 2, "context", "at least 2", self.context)
+        must(self.latent_context is None or self.latent_context >= 1, "latent_context", "at least 1 or null",
+             self.latent_context)
+        must(self.k >= 1, "k", "at least 1 (queries per patch)", self.k)
         sizes = self.hash_ngram_sizes
-        if any(n < 2 for n in sizes) or len(set(sizes)) != len(sizes):
-            raise UserError(f"model.hash_ngram_sizes must be distinct integers >= 2, got {sizes}")
-        if not 0 <= self.n_hash_functions <= len(HASH_PRIMES):
-            raise UserError(
-                f"model.n_hash_functions must be between 0 and {len(HASH_PRIMES)}, got {self.n_hash_functions}"
-            )
-        if self.hash_buckets < 1:
-            raise UserError(f"model.hash_buckets must be at least 1, got {self.hash_buckets}")
+        must(all(n >= 2 for n in sizes) and len(set(sizes)) == len(sizes), "hash_ngram_sizes",
+             "distinct integers >= 2", sizes)
+        must(0 <= self.n_hash_functions <= len(HASH_PRIMES), "n_hash_functions",
+             f"between 0 and {len(HASH_PRIMES)}", self.n_hash_functions)
+        must(self.hash_buckets >= 1, "hash_buckets", "at least 1", self.hash_buckets)
+
+    def attention_mask_bytes(self, batch: int, positions: int) -> int:
+        """Bytes of the largest attention mask of a training window of `positions` bytes: the
+        encoder's pooling mask (B, 1, P*k, T), at worst one patch per byte (P = T)."""
+        return batch * self.k * positions * positions
 
     @property
     def latent_span(self) -> int:

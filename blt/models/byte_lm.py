@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blt.errors import UserError
+from blt.config import must
 from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
 from blt.vocab import BOS_ID, PAD_ID, VOCAB_SIZES
@@ -32,8 +32,7 @@ class ByteLMConfig(TransformerConfig):
 
     def validate(self):
         super().validate()
-        if self.context < 2:
-            raise UserError("model.context must be at least 2")
+        must(self.context >= 2, "context", "at least 2", self.context)
 
     @property
     def span(self) -> int:

@@ -100,16 +100,26 @@ class CachedStack:
         # a masked slot still enters the products, and garbage may be NaN
         self.k = ref.new_zeros(cfg.n_layers, batch, self.Hkv, min(self.cap, 64), self.Dh)
         self.v = torch.zeros_like(self.k)
-        # RoPE as x * C + roll(x, Dh/2) * S, which is apply_rotary's arithmetic term for term
-        angles = torch.arange(max_positions, device=ref.device).float()[:, None] * stack.rotary.inv_freq
-        cos, sin = angles.cos(), angles.sin()  # (N, Dh/2)
-        self.rope_c = torch.cat([cos, cos], -1).to(ref.dtype)  # (N, Dh)
-        self.rope_s = torch.cat([-sin, sin], -1).to(ref.dtype)
+        # RoPE as x * C + roll(x, Dh/2) * S, which is apply_rotary's arithmetic term for term; rows
+        # are computed as positions are reached (`_rope_upto`), never for max_positions up front
+        self.inv_freq = stack.rotary.inv_freq
+        self.rope_c = ref.new_zeros(0, self.Dh)  # (positions so far, Dh)
+        self.rope_s = ref.new_zeros(0, self.Dh)
         self.count = 0  # positions seen (per_row=False); the most any row has seen (per_row)
         if per_row:
             self.row_count = torch.zeros(batch, dtype=torch.long, device=ref.device)
             self.filled = torch.zeros(batch, 1, 1, self.cap, dtype=torch.bool, device=ref.device)
             self.key_start = torch.zeros(batch, self.cap, dtype=torch.long, device=ref.device)
+
+    def _rope_upto(self, n: int):
+        """RoPE rows for positions < n at least (doubling): each row is the one a full table has."""
+        have = self.rope_c.shape[0]
+        if n <= have:
+            return
+        angles = torch.arange(have, max(n, 2 * have), device=self.inv_freq.device).float()[:, None] * self.inv_freq
+        cos, sin = angles.cos(), angles.sin()  # (new, Dh/2)
+        self.rope_c = torch.cat([self.rope_c, torch.cat([cos, cos], -1).to(self.rope_c.dtype)])  # (N, Dh)
+        self.rope_s = torch.cat([self.rope_s, torch.cat([-sin, sin], -1).to(self.rope_s.dtype)])
 
     def _grow(self, slots: int):
         """Allocate at least `slots` slots (before the ring first wraps: order is kept)."""
@@ -149,6 +159,7 @@ class CachedStack:
             n_keys = min(self.count, self.cap)
             subset = n != self.k.shape[1]
             mask = self._row_mask(rows, n_keys, start)
+            self._rope_upto(self.count)
             rope_c, rope_s = self.rope_c[pos][:, None, None], self.rope_s[pos][:, None, None]  # (n, 1, 1, Dh)
         else:
             pos, slot = self.count, self.count % self.cap
@@ -156,6 +167,7 @@ class CachedStack:
             if min(self.count, self.cap) > self.k.shape[3]:
                 self._grow(self.count)
             n_keys, mask = min(self.count, self.cap), None
+            self._rope_upto(self.count)
             rope_c, rope_s = self.rope_c[pos], self.rope_s[pos]  # (Dh,)
         for layer, (w_an, w_fn, w, memory_ffn) in enumerate(self.layers):
             if before_layer is not None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blt.errors import UserError
+from blt.config import must
 
 
 @dataclass
@@ -35,10 +35,10 @@ class MemoryConfig:
     key_dim: int = 64  # query / key width per head (two halves of key_dim / 2)
 
     def validate(self):
-        if min(self.layers, self.keys, self.heads, self.topk) < 1 or self.key_dim < 2 or self.key_dim % 2:
-            raise UserError("memory: layers, keys, heads and topk must be positive, key_dim even and >= 2")
-        if self.topk > self.keys:
-            raise UserError(f"memory.topk {self.topk} exceeds memory.keys {self.keys}")
+        for name in ("layers", "keys", "heads", "topk"):
+            must(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        must(self.key_dim >= 2 and self.key_dim % 2 == 0, "key_dim", "even and at least 2", self.key_dim)
+        must(self.topk <= self.keys, "topk", f"at most keys ({self.keys})", self.topk)
 
     @property
     def slots(self) -> int:
@@ -46,11 +46,9 @@ class MemoryConfig:
 
 
 def memory_blocks(n_layers: int, memory: MemoryConfig | None) -> list[int]:
-    """The block indices that hold a memory: `layers` of them, equally spaced inside the stack."""
+    """The block indices that hold a memory: `layers` of them (at most n_layers), equally spaced."""
     if memory is None:
         return []
-    if memory.layers > n_layers:
-        raise UserError(f"memory.layers {memory.layers} exceeds the stack's {n_layers} layers")
     return [(i + 1) * n_layers // (memory.layers + 1) for i in range(memory.layers)]
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blt.data.tokens import BOS, MIN_VOCAB, PAD, BPETokenizer
+from blt.config import must
 from blt.errors import UserError
 from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
@@ -41,12 +42,9 @@ class TokenLMConfig(TransformerConfig):
 
     def validate(self):
         super().validate()
-        if self.context < 2:
-            raise UserError("bpe.context must be at least 2")
-        if self.vocab_size < MIN_VOCAB:
-            raise UserError(f"bpe.vocab_size must be at least {MIN_VOCAB}, got {self.vocab_size}")
-        if self.sample_bytes < 1:
-            raise UserError("bpe.sample_bytes must be at least 1")
+        must(self.context >= 2, "context", "at least 2", self.context)
+        must(self.vocab_size >= MIN_VOCAB, "vocab_size", f"at least {MIN_VOCAB}", self.vocab_size)
+        must(self.sample_bytes >= 1, "sample_bytes", "at least 1", self.sample_bytes)
 
     @property
     def span(self) -> int:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blt.errors import UserError
+from blt.config import InvalidValue, must
 from blt.models.kv_cache import KVCache
 from blt.models.masks import BlockedWindowMask
 from blt.models.memory import MemoryConfig, MemoryFeedForward, init_values, memory_blocks
@@ -47,19 +47,33 @@ class TransformerConfig:
     memory: MemoryConfig | None = None  # Memory+ feed-forwards in some blocks (models/memory.py)
 
     def validate(self):
-        if self.dim % self.n_heads:
-            raise UserError(f"model dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if (self.dim // self.n_heads) % 2:
-            raise UserError("head dimension (dim / n_heads) must be even for RoPE")
-        if self.n_heads % self.kv_heads:
-            raise UserError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}")
-        if self.window is not None and self.window < 1:
-            raise UserError("window must be a positive integer or null")
-        if min(self.dim, self.n_heads) < 1 or self.n_layers < 0 or (self.n_kv_heads is not None and self.n_kv_heads < 1):
-            raise UserError("dim, n_heads and n_kv_heads must be positive, n_layers at least 0")
+        for name in ("dim", "n_heads"):
+            must(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        must(self.n_layers >= 0, "n_layers", "at least 0", self.n_layers)
+        for name in ("n_kv_heads", "ffn_dim", "window"):
+            value = getattr(self, name)
+            must(value is None or value >= 1, name, "at least 1 or null", value)
+        for name in ("norm_eps", "rope_theta", "init_std"):
+            must(0 < getattr(self, name) < math.inf, name, "a positive finite number", getattr(self, name))
+        must(self.dim % self.n_heads == 0, "n_heads", f"a divisor of dim ({self.dim})", self.n_heads)
+        if self.head_dim % 2:
+            raise InvalidValue("n_heads", f"gives an odd head dimension ({self.dim} / {self.n_heads}); RoPE needs "
+                                          f"an even one")
+        must(self.n_heads % self.kv_heads == 0, "n_kv_heads", f"a divisor of n_heads ({self.n_heads})", self.kv_heads)
+
+    def attention_mask_bytes(self, batch: int, positions: int) -> int:
+        """Bytes of the boolean self-attention mask of a training window of `positions` (blocks
+        of 2 x window keys per query under a short sliding window, else all of them:
+        masks.window_mask), the largest tensor whose size grows with the square of the context."""
+        keys = 2 * self.window if self.window is not None and 2 * self.window <= positions else positions
+        return batch * positions * keys
         if self.memory is not None:
-            self.memory.validate()
-            memory_blocks(self.n_layers, self.memory)
+            try:
+                self.memory.validate()
+            except InvalidValue as e:
+                raise InvalidValue(f"memory.{e.field}", e.problem) from None
+            must(self.memory.layers <= self.n_layers, "memory.layers", f"at most n_layers ({self.n_layers})",
+                 self.memory.layers)
 
     def span_within(self, context: int) -> int:
         """Keys a query sees, itself included, in a model trained on `context` positions: the

@@ -14,7 +14,7 @@ import numpy as np
 
 from blt.data.bpe import chars_to_bytes, learn_bpe, token_strings
 from blt.errors import UserError
-from blt.files import atomic_write_text
+from blt.files import atomic_write_text, read_text
 
 
 def train_bpe(data, vocab_size: int, sample_bytes: int = 10_000_000) -> list[bytes]:
@@ -36,8 +36,9 @@ def load_bpe_vocab(path) -> list[bytes]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"BPE vocabulary not found: {path}")
+    text = read_text(path)
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(text)
         tokens = [bytes.fromhex(t) for t in meta["tokens"]]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a BPE vocabulary written by blt") from None

@@ -10,7 +10,8 @@ fingerprint. The EOS entropies are stored because the sampler must give an EOS p
 value the entropy model would give online: a 0 there would let starts[q] depend on ids[q].
 The values are computed by blt.evaluation.entropies; this module only writes and reads them.
 Data files are written under temporary names and renamed; entropies.json goes last, so a
-directory with entropies.json always holds complete data.
+directory with entropies.json always holds complete data. The data file's disk space is taken
+before it is filled, and the temporaries are removed on any error or Ctrl-C.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ import numpy as np
 
 from blt.data.corpus import Corpus
 from blt.errors import UserError
-from blt.files import atomic_write_text, temporary_name
+from blt.files import (
+    atomic_write_text, make_directory, read_errors, read_json, remove_quietly, temporary_name, write_errors,
+)
 
 DATA_FILE, EOS_FILE, META_FILE = "entropies.f16", "entropies_eos.f16", "entropies.json"
 
@@ -44,23 +47,47 @@ def corpus_fingerprint(corpus: Corpus) -> dict:
 
 
 class EntropyFileWriter:
-    """Fill `data` (a float16 memmap of N values) and hand the EOS values to `finish`."""
+    """Fill `data` (a float16 memmap of N values) and hand the EOS values to `finish`. Used as a
+    context manager: if its block raises (Ctrl-C included), the temporaries are removed."""
 
     def __init__(self, out_dir, n_bytes: int):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = make_directory(out_dir)
         self.tmp_data = temporary_name(self.out_dir / DATA_FILE)
         self.tmp_eos = temporary_name(self.out_dir / EOS_FILE)
-        self.data = np.memmap(self.tmp_data, dtype=np.float16, mode="w+", shape=(n_bytes,))
+        try:
+            with write_errors(self.out_dir / DATA_FILE):
+                with open(self.tmp_data, "wb") as f:
+                    if hasattr(os, "posix_fallocate"):  # the disk space up front: a full disk fails here,
+                        os.posix_fallocate(f.fileno(), 0, 2 * n_bytes)  # not as SIGBUS in the memory map
+                    else:
+                        f.truncate(2 * n_bytes)
+                self.data = np.memmap(self.tmp_data, dtype=np.float16, mode="r+", shape=(n_bytes,))
+        except BaseException:
+            self._remove_temporaries()
+            raise
+
+    def _remove_temporaries(self) -> None:
+        self.data = None  # the memory map lets go of its file
+        remove_quietly(self.tmp_data)
+        remove_quietly(self.tmp_eos)
+
+    def __enter__(self) -> "EntropyFileWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._remove_temporaries()
+        return False
 
     def finish(self, eos: list[float], meta: dict) -> None:
         """Make the file complete: data, EOS values, then entropies.json (with `meta`)."""
-        self.data.flush()
-        del self.data
-        np.asarray(eos, dtype=np.float16).tofile(self.tmp_eos)
-        (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
-        os.replace(self.tmp_data, self.out_dir / DATA_FILE)
-        os.replace(self.tmp_eos, self.out_dir / EOS_FILE)
+        with write_errors(self.out_dir / DATA_FILE):
+            self.data.flush()
+            self.data = None
+            np.asarray(eos, dtype=np.float16).tofile(self.tmp_eos)
+            (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
+            os.replace(self.tmp_data, self.out_dir / DATA_FILE)
+            os.replace(self.tmp_eos, self.out_dir / EOS_FILE)
         atomic_write_text(self.out_dir / META_FILE, json.dumps(meta, indent=1))
 
 
@@ -83,16 +110,19 @@ def load_entropy_file(out_dir, corpus: Corpus) -> EntropyFile:
     meta_path = out_dir / META_FILE
     if not meta_path.is_file():
         raise UserError(f"{out_dir} holds no entropy file (no {META_FILE}); run `blt entropies` first")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("eos_ranges"), dict):
+        raise UserError(f"{meta_path} is damaged (no eos_ranges); remove {out_dir} to compute the entropies again")
     if meta.get("corpus") != corpus_fingerprint(corpus):
         raise UserError(
             f"the entropies in {out_dir} were computed for another corpus or split "
             f"({meta.get('corpus_name')}); recompute them with `blt entropies`"
         )
     N = len(corpus.data)
-    data = np.memmap(out_dir / DATA_FILE, dtype=np.float16, mode="r")
-    eos = np.fromfile(out_dir / EOS_FILE, dtype=np.float16)
-    if len(data) != N or len(eos) != max(b for _, b in meta["eos_ranges"].values()):
+    with read_errors(out_dir / DATA_FILE):
+        data = np.memmap(out_dir / DATA_FILE, dtype=np.float16, mode="r")
+        eos = np.fromfile(out_dir / EOS_FILE, dtype=np.float16)
+    if len(data) != N or len(eos) != max((b for _, b in meta["eos_ranges"].values()), default=-1):
         raise UserError(
             f"the entropy files in {out_dir} do not match the corpus size; recompute them with `blt entropies`"
         )

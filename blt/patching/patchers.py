@@ -36,12 +36,14 @@ sequential scan, run over positions for all rows at once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
+from blt.config import must
 from blt.errors import UserError
 from blt.patching.bpe import BPETrie
 from blt.vocab import BOS_ID, VOCAB_SIZE
@@ -64,16 +66,17 @@ class PatcherConfig:
     entropy_run: str | None = None  # run directory of the entropy model (a byte-level run)
 
     def validate(self):
-        if self.kind not in KINDS:
-            raise UserError(f"patcher kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
-        if self.patch_size < 1:
-            raise UserError(f"patching.patch_size must be at least 1, got {self.patch_size}")
-        if self.max_patch_length is not None and self.max_patch_length < 1:
-            raise UserError(f"patching.max_patch_length must be at least 1 or null, got {self.max_patch_length}")
-        if self.target_patch_size < 1:
-            raise UserError(f"patching.target_patch_size must be at least 1, got {self.target_patch_size}")
-        if self.bpe_vocab_size < 256:
-            raise UserError(f"patching.bpe_vocab_size must be at least 256, got {self.bpe_vocab_size}")
+        must(self.kind in KINDS, "kind", f"one of {', '.join(KINDS)}", self.kind)
+        must(self.patch_size >= 1, "patch_size", "at least 1", self.patch_size)
+        must(self.max_patch_length is None or self.max_patch_length >= 1, "max_patch_length", "at least 1 or null",
+             self.max_patch_length)
+        must(1 <= self.target_patch_size < math.inf, "target_patch_size", "a finite number >= 1",
+             self.target_patch_size)
+        for name in ("theta", "theta_r"):
+            value = getattr(self, name)
+            must(value is None or math.isfinite(value), name, "a finite number or null", value)
+        must(self.bpe_vocab_size >= 256, "bpe_vocab_size", "at least 256", self.bpe_vocab_size)
+        must(self.bpe_sample_bytes >= 1, "bpe_sample_bytes", "at least 1", self.bpe_sample_bytes)
 
     @property
     def needs_entropy(self) -> bool:

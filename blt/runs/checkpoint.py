@@ -1,54 +1,79 @@
-"""Checkpoints that are atomic, resumable and safe to load.
+"""Checkpoints that are atomic, checked and safe to load.
 
-A checkpoint is a directory: model.safetensors (weights), model.json (the run config, so the
-weights can be rebuilt alone) and train_state.pt (optimizer, scheduler, step, RNG, data
-position). It is written under a temporary name and renamed into place, then LATEST is
-replaced atomically, so a run killed at any moment leaves the previous checkpoint intact.
-Nothing here unpickles arbitrary objects: weights are safetensors, and the training state is
-read with `torch.load(..., weights_only=True)`.
+A checkpoint is a directory: model.safetensors (weights), model.json (the step, the run config
+so the weights can be rebuilt alone, and the sha256 of the other two files) and train_state.pt
+(optimizer, scheduler, step, RNG, data position). Both files are serialised in memory, then
+written into a temporary directory that is renamed into place (blt.files.replacing_directory),
+then LATEST is replaced atomically: a run killed at any moment leaves the previous checkpoint
+intact, and a full disk or a file size limit gives one line and leaves no temporary behind.
+
+Loading checks, each failure one line (UserError):
+- the sha256 recorded in model.json (checkpoints written before the sums were recorded have
+  none, and load unchecked), so one flipped bit is refused;
+- that every tensor fits the model the config builds (a changed config.yaml);
+- that every weight is finite (a checkpoint of NaN or inf weights is refused), but for tensors
+  too large to read at load (a released model's hash tables: FINITE_CHECK_BYTES);
+- for --resume, that train_state.pt holds what training restores.
+Nothing here unpickles arbitrary objects: weights are safetensors (memory-mapped), and the
+training state is read with `torch.load(..., weights_only=True)`. No checkpoint of non-finite
+weights is written.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from blt.config import to_dict
 from blt.errors import UserError
-from blt.files import atomic_write_text
+from blt.files import (
+    atomic_write_text, make_directory, read_errors, read_json, read_text, replacing_directory, sha256_file,
+)
 from blt.runs import layout
 from blt.runs.layout import LATEST
+
+TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "rng", "elapsed", "tokens")
+FINITE_CHECK_BYTES = 256 << 20  # weights checked for NaN/inf on load: tensors up to this size
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or an infinity, or None."""
+    return next((k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+
+
 def save_checkpoint(run_dir: Path, step: int, model, cfg, train_state: dict, keep: int = 2) -> Path:
     ckpt_root = Path(run_dir) / layout.CHECKPOINTS
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     name = layout.checkpoint_name(step)
-    final = ckpt_root / name
-    tmp = ckpt_root / f".{name}.tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(model_state(model), str(tmp / layout.WEIGHTS))
-    (tmp / layout.MODEL_INFO).write_text(json.dumps({"step": step, "config": to_dict(cfg)}, indent=1))
-    torch.save(train_state, tmp / layout.TRAIN_STATE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    state = model_state(model)
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise UserError(f"the weights at step {step} are not finite ({bad}); no checkpoint was written")
+    weights = save(state)
+    buffer = io.BytesIO()
+    torch.save(train_state, buffer)
+    files = {layout.WEIGHTS: weights, layout.TRAIN_STATE: buffer.getvalue()}
+    info = {"step": step, "config": to_dict(cfg),
+            "sha256": {file: hashlib.sha256(data).hexdigest() for file, data in files.items()}}
+    files[layout.MODEL_INFO] = json.dumps(info, indent=1).encode()
+    make_directory(ckpt_root)
+    with replacing_directory(ckpt_root / name) as tmp:
+        for file, data in files.items():
+            (tmp / file).write_bytes(data)
     atomic_write_text(ckpt_root / LATEST, name)
     if keep > 0:
         for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    return final
+    return ckpt_root / name
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -56,31 +81,57 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     marker = ckpt_root / LATEST
     if not marker.is_file():
         raise UserError(f"{run_dir} holds no checkpoint (no {marker.relative_to(run_dir)})")
-    path = ckpt_root / marker.read_text().strip()
+    path = ckpt_root / read_text(marker).strip()
     if not (path / layout.WEIGHTS).is_file():
         raise UserError(f"checkpoint {path} is missing its {layout.WEIGHTS}")
     return path
 
 
+def verify_checksum(ckpt: Path, file: str) -> None:
+    """UserError unless `file` matches the sha256 model.json records for it (none recorded: an
+    older checkpoint, loaded unchecked)."""
+    info_path = ckpt / layout.MODEL_INFO
+    if not info_path.is_file():
+        return
+    info = read_json(info_path)
+    expected = info.get("sha256", {}).get(file) if isinstance(info, dict) else None
+    if expected is not None and sha256_file(ckpt / file) != expected:
+        raise UserError(f"checkpoint {ckpt} is corrupted: {file} does not match the sha256 recorded in "
+                        f"{layout.MODEL_INFO}; use an earlier checkpoint or train again")
+
+
 def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights, memory-mapped (read from disk only when used)."""
+    """A checkpoint's weights, checked against their recorded sha256 and memory-mapped (read from
+    disk only when used)."""
+    path = ckpt / layout.WEIGHTS
+    verify_checksum(ckpt, layout.WEIGHTS)
+    with read_errors(path):
+        open(path, "rb").close()  # the reason it cannot be read, in our words (safetensors would say 'not found')
     try:
-        with safe_open(str(ckpt / layout.WEIGHTS), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is corrupted: {str(e).splitlines()[0]}") from None
 
 
-def put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source, assign: bool = False) -> None:
-    """Load a state dict, with one line naming `source` when it does not fit the model. assign=True
-    makes the given tensors the parameters (no copy: memory-mapped weights stay mapped)."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
-    except RuntimeError as e:  # shapes that do not fit: torch lists every one, we name the first
-        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-        raise UserError(f"{source} does not fit the model ({first})") from None
+def put_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
+    """Load a state dict into `model`, checked: every tensor fits, every weight is finite (but
+    tensors over FINITE_CHECK_BYTES: reading all of a released model's hash tables would bring
+    them into memory). assign=True makes the given tensors the parameters (no copy: memory-mapped
+    weights stay mapped)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise UserError(f"{source} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, t in state.items():
+        if t.shape != own[k].shape:
+            raise UserError(f"{source} does not fit the model: {k} is {tuple(t.shape)} in the checkpoint "
+                            f"but {tuple(own[k].shape)} in the config (was config.yaml changed?)")
+    bad = first_non_finite({k: t for k, t in state.items() if t.numel() * t.element_size() <= FINITE_CHECK_BYTES})
+    if bad is not None:
+        raise UserError(f"{source} holds weights that are not finite ({bad}): it cannot be used")
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
@@ -89,7 +140,17 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
 
 
 def load_train_state(ckpt: Path) -> dict:
+    path = ckpt / layout.TRAIN_STATE
+    verify_checksum(ckpt, layout.TRAIN_STATE)
     try:
-        return torch.load(ckpt / layout.TRAIN_STATE, weights_only=True, map_location="cpu")
+        with read_errors(path):
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except UserError:
+        raise
     except Exception as e:  # any unreadable file is the user's corrupted checkpoint
-        raise UserError(f"checkpoint {ckpt} has an unreadable train_state.pt ({e.__class__.__name__})") from None
+        raise UserError(f"checkpoint {ckpt} has an unreadable {layout.TRAIN_STATE} ({e.__class__.__name__})") from None
+    missing = [k for k in TRAIN_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f"checkpoint {ckpt}: {layout.TRAIN_STATE} lacks {', '.join(missing)}; "
+                        f"it was not written by blt train")
+    return state

@@ -9,11 +9,12 @@ generates) are registered in blt.runs.kinds.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from blt.config import from_dict, read_yaml
+from blt.config import from_dict, must, read_yaml
 from blt.errors import UserError
 from blt.models.blt import BLTConfig
 from blt.models.byte_lm import ByteLMConfig
@@ -22,6 +23,7 @@ from blt.patching.patchers import PatcherConfig
 from blt.runs import layout
 
 MODEL_SECTION = {"byte": "model", "bpe": "bpe", "blt": "blt"}  # the section describing each kind's network
+MASK_BUDGET = 4 << 30  # bytes of attention masks one training step may build (per device)
 
 
 @dataclass
@@ -31,6 +33,10 @@ class DataConfig:
     data_dir: str | None = None  # where pre-downloaded corpora (enwik8) live; also $BLT_DATA_DIR
     batch_size: int = 16  # windows per optimizer step per rank (before grad_accum)
     max_bytes: int | None = None  # use only the corpus's first N bytes (splits cut from those)
+
+    def validate(self):
+        must(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        must(self.max_bytes is None or self.max_bytes >= 1, "max_bytes", "at least 1 or null", self.max_bytes)
 
 
 @dataclass
@@ -43,6 +49,16 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     clip: float = 1.0  # global grad-norm clip; 0 disables
+
+    def validate(self):
+        must(0 < self.lr < math.inf, "lr", "a positive finite number", self.lr)
+        must(0 <= self.weight_decay < math.inf, "weight_decay", "a finite number >= 0", self.weight_decay)
+        for name in ("beta1", "beta2"):
+            must(0 <= getattr(self, name) < 1, name, "in [0, 1)", getattr(self, name))
+        must(0 < self.eps < math.inf, "eps", "a positive finite number", self.eps)
+        must(self.warmup_steps >= 0, "warmup_steps", "at least 0", self.warmup_steps)
+        must(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        must(0 <= self.clip < math.inf, "clip", "a finite number >= 0 (0 = no clipping)", self.clip)
 
 
 @dataclass
@@ -59,6 +75,15 @@ class TrainConfig:
     progress: bool = True
     device: str = "auto"  # auto = CUDA (this rank's GPU) when available, else cpu
 
+    def validate(self):
+        for name in ("steps", "grad_accum", "log_every"):
+            must(getattr(self, name) >= 1, name, "at least 1", getattr(self, name))
+        for name in ("eval_every", "ckpt_every", "keep_checkpoints"):
+            must(getattr(self, name) >= 0, name, "at least 0", getattr(self, name))
+        must(self.eval_bytes is None or self.eval_bytes >= 1, "eval_bytes", "at least 1 or null (all)",
+             self.eval_bytes)
+        must(0 <= self.seed < 2**64, "seed", "in [0, 2**64)", self.seed)
+
 
 @dataclass
 class RunConfig:
@@ -74,12 +99,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self):
-        if self.train.steps < 1:
-            raise UserError(f"train.steps must be at least 1, got {self.train.steps}")
-        if self.train.grad_accum < 1 or self.data.batch_size < 1:
-            raise UserError("train.grad_accum and data.batch_size must be at least 1")
-        if self.train.log_every < 1:
-            raise UserError(f"train.log_every must be at least 1, got {self.train.log_every}")
+        """The attention masks of a training step must fit MASK_BUDGET (the sections check
+        their own values)."""
+        need = self.network.attention_mask_bytes(self.data.batch_size, self.context)
+        if need > MASK_BUDGET:
+            section = MODEL_SECTION[self.model_kind]
+            raise UserError(
+                f"{section}.context={self.context} with data.batch_size={self.data.batch_size} needs "
+                f"{need / 2**30:.1f} GiB of attention masks per training step, over the {MASK_BUDGET >> 30} GiB "
+                f"allowed: shorten the context, lower the batch size or set a sliding window"
+            )
 
     @property
     def network(self):

@@ -23,7 +23,7 @@ from blt.errors import UserError
 from blt.evaluation.bpb import patch_statistics, split_documents
 from blt.evaluation.entropies import write_entropy_file
 from blt.evaluation.flops import FlopReport, blt_flops
-from blt.files import atomic_write_text
+from blt.files import atomic_write_text, make_directory, print_line
 from blt.inference.blt import generate_blt
 from blt.models.blt import ByteLatentTransformer
 from blt.models.byte_lm import ByteLM
@@ -83,7 +83,7 @@ def write_run_entropies(entropy_run, corpus: Corpus, out_dir, batch_size: int = 
 
 def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     """Resolve entropy model, entropies, thresholds and BPE vocabulary; returns the config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(run_dir)
     p = cfg.patching
     if p.needs_entropy:
         cfg = dataclasses.replace(cfg, entropy_model=entropy_run_config(cfg).model)
@@ -125,7 +125,7 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
         "calibration_split": "val",
     }
     atomic_write_text(run_dir / layout.PATCHING, json.dumps(info, indent=1) + "\n")
-    print(
+    print_line(
         f"blt train: calibrated {patching.kind} threshold theta={patching.theta} theta_r={patching.theta_r} -> "
         f"mean patch size {achieved:.3f} on {info['calibration_bytes']:,} held-out bytes "
         f"(target {patching.target_patch_size})"

@@ -15,6 +15,7 @@ from pathlib import Path
 from blt.data.corpus import Corpus
 from blt.data.tokens import TokenWindowSampler, cached_tokens, load_tokenizer, train_tokenizer
 from blt.errors import UserError
+from blt.files import make_directory, print_line
 from blt.evaluation.flops import FlopReport, bpe_lm_flops
 from blt.models.token_lm import TokenLM
 from blt.runs import layout
@@ -36,17 +37,17 @@ def _train_tokens(corpus: Corpus, run_dir: Path):
 
 def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     """Learn the tokenizer (fresh runs only) and tokenize the training split."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(run_dir)
     if env.rank == 0:
         path = run_dir / layout.TOKENIZER
         if not path.is_file():
             if cfg.train.progress:
-                print(f"blt train: learning a {cfg.bpe.vocab_size}-token BPE tokenizer from the training split")
+                print_line(f"blt train: learning a {cfg.bpe.vocab_size}-token BPE tokenizer from the training split")
             train_tokenizer(corpus.split("train").data, cfg.bpe.vocab_size, cfg.bpe.sample_bytes).save(path)
         tokens = _train_tokens(corpus, run_dir)
         if cfg.train.progress:
             n_bytes = corpus.split("train").n_bytes
-            print(f"blt train: training split: {n_bytes:,} bytes -> {len(tokens):,} tokens (BOS/EOS included)")
+            print_line(f"blt train: training split: {n_bytes:,} bytes -> {len(tokens):,} tokens (BOS/EOS included)")
     env.barrier()
     return cfg
 

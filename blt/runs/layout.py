@@ -1,6 +1,7 @@
 """The run directory: every file name in one place.
 
     runs/NAME/
+      lock                   the pid of the process writing the run (held with flock: blt.runs.lock)
       config.yaml            the resolved RunConfig (every default written out)
       run.json               corpus fingerprint, versions, device, resumes
       metrics.jsonl          one JSON object per logged step
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+LOCK = "lock"
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"

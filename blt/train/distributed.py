@@ -46,10 +46,15 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment variable {name} must be an integer, got '{raw}'") from None
 
 
+def env_rank() -> int:
+    """This process's rank as torchrun exports it (0 for a single process), before any setup."""
+    return _env_int("RANK", 0)
+
+
 def init_distributed(requested_device: str = "auto") -> DistEnv:
     """Read torchrun's environment; join the process group when there is more than one rank."""
     world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
+    rank = env_rank()
     local_rank = _env_int("LOCAL_RANK", 0)
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":

@@ -20,8 +20,12 @@ Guarantees:
   optimizer and scheduler states and the RNG state, so a run stopped at step k and resumed
   ends with the very same parameters (bit for bit on the CPU) as an uninterrupted run.
 - SIGINT or SIGTERM finishes the current step, saves a checkpoint and returns normally
-  (`interrupted` in the result); a second SIGINT stops at once. Checkpoints are atomic.
-- Only rank 0 writes (config.yaml, run.json, metrics.jsonl, checkpoints) or prints.
+  (`interrupted` and `signal` in the result); a second SIGINT stops at once (KeyboardInterrupt,
+  the last complete checkpoint stays). Checkpoints are atomic.
+- A non-finite loss or gradient norm stops training with a UserError naming the step, before
+  the optimizer applies it: no checkpoint of non-finite weights is ever written.
+- Only rank 0 writes (config.yaml, run.json, metrics.jsonl, checkpoints) or prints, and it
+  holds the run directory's lock (blt.runs.lock) from the first check to the end.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -43,10 +48,12 @@ from blt.config import save_yaml
 from blt.data.corpus import Corpus, open_corpus
 from blt.errors import UserError
 from blt.evaluation.bpb import evaluate_split
+from blt.files import atomic_write_text, make_directory, print_line, read_json
 from blt.runs import layout
 from blt.runs.checkpoint import latest_checkpoint, load_train_state, load_weights, save_checkpoint
 from blt.runs.config import RunConfig
 from blt.runs.kinds import build_model, kind_of
+from blt.runs.lock import RunLock
 from blt.train import distributed as D
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
 from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
@@ -100,7 +107,7 @@ class StopRequest:
 
 def _write_run_files(cfg: RunConfig, out_dir: Path, corpus: Corpus, env: D.DistEnv, start: int) -> None:
     """config.yaml (always the resolved, current config) and run.json (provenance)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(out_dir)
     save_yaml(cfg, out_dir / layout.CONFIG)
     info_path = out_dir / layout.RUN_INFO
     info = {
@@ -112,12 +119,13 @@ def _write_run_files(cfg: RunConfig, out_dir: Path, corpus: Corpus, env: D.DistE
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if start > 0 and info_path.is_file():
-        old = json.loads(info_path.read_text())
+        old = read_json(info_path)
         if old.get("corpus") != corpus.fingerprint:
-            print(f"blt train: warning: the corpus differs from the one this run started with ({old.get('corpus')})")
+            print_line(f"blt train: warning: the corpus differs from the one this run started with "
+                       f"({old.get('corpus')})", sys.stderr)
         old.setdefault("resumes", []).append({"step": start, "world_size": env.world, "at": info["started"]})
         info = old
-    info_path.write_text(json.dumps(info, indent=1) + "\n")
+    atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -142,18 +150,43 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir`; returns the final metrics (see the module docstring)."""
     out_dir = Path(out_dir)
-    has_ckpt = (out_dir / layout.CHECKPOINTS / layout.LATEST).is_file()
-    if has_ckpt and not resume:
-        raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    if resume and not has_ckpt:
-        raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
-    corpus = open_corpus(cfg.data)
+    corpus = open_corpus(cfg.data)  # bad data is refused before the run directory is touched
+    with RunLock(out_dir, enabled=D.env_rank() == 0):
+        has_ckpt = (out_dir / layout.CHECKPOINTS / layout.LATEST).is_file()
+        if has_ckpt and not resume:
+            raise UserError(f"{out_dir} already holds a checkpoint; pass --resume to continue it "
+                            f"or choose another --out")
+        if resume and not has_ckpt:
+            raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
+        env = D.init_distributed(cfg.train.device)
+        try:
+            return _train(cfg, out_dir, resume, corpus, env)
+        finally:
+            D.shutdown(env)
 
-    env = D.init_distributed(cfg.train.device)
+
+def _restore(ckpt: Path, optimizer, scheduler, device: torch.device) -> dict:
+    """Load a checkpoint's training state into the optimizer, scheduler and RNG; the state."""
+    state = load_train_state(ckpt)
     try:
-        return _train(cfg, out_dir, resume, corpus, env)
-    finally:
-        D.shutdown(env)
+        optimizer.load_state_dict(state["optimizer"])
+        load_scheduler_state(scheduler, state["scheduler"])
+        _set_rng_state(state["rng"], device)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise UserError(f"checkpoint {ckpt}: {layout.TRAIN_STATE} does not fit this run "
+                        f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return state
+
+
+def _check_finite(step: int, loss: float, grad_norm: float, ckpt: Path | None, env: D.DistEnv) -> None:
+    """UserError naming the step when its loss or gradient norm is not finite (on any rank)."""
+    bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if env.world > 1:
+        bad = D.any_rank(bad, env.device)
+    if bad:
+        kept = f"the last checkpoint is {ckpt}" if ckpt is not None else "no checkpoint was written"
+        raise UserError(f"training stopped at step {step}: the loss is {loss:.4g} and the gradient norm "
+                        f"{grad_norm:.4g}, not finite ({kept}); lower optim.lr or check the data")
 
 
 def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.DistEnv) -> dict:
@@ -171,13 +204,11 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     start, elapsed0, tokens = 0, 0.0, 0
     train_flops = 0.0  # cumulative over all ranks, resumes included
+    ckpt_path = None
     if resume:
-        ckpt = latest_checkpoint(out_dir)
-        load_weights(model, ckpt)
-        state = load_train_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        load_scheduler_state(scheduler, state["scheduler"])
-        _set_rng_state(state["rng"], env.device)
+        ckpt_path = latest_checkpoint(out_dir)
+        load_weights(model, ckpt_path)
+        state = _restore(ckpt_path, optimizer, scheduler, env.device)
         start, elapsed0, tokens = state["step"], state["elapsed"], state["tokens"]
         train_flops = float(state.get("train_flops", 0.0))  # absent in checkpoints older than the count
         if start >= total:
@@ -208,7 +239,6 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     interval = Interval()
     last_row: dict = {}
     val: dict = {}
-    ckpt_path = None
     session_start = time.perf_counter()
     done = start
     model.train()
@@ -216,6 +246,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
         for step in range(start, total):
             tic = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
+            step_nats, step_targets = 0.0, 0.0
             for micro in range(t.grad_accum):
                 batch = {k: v.to(env.device, non_blocking=True) for k, v in sampler.batch(step, micro).items()}
                 last_micro = micro == t.grad_accum - 1
@@ -225,12 +256,16 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                     with autocast:
                         loss, stats = forward(**batch)
                     (loss / t.grad_accum).backward()
-                interval.nats += loss.item() * float(stats["targets"])
+                nats = loss.item() * float(stats["targets"])
+                interval.nats += nats
+                step_nats += nats  # the step's own, for the finiteness check
+                step_targets += float(stats["targets"])
                 interval.positions += batch["targets"].numel()
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
                 interval.add({"flops": kind.train_flops_per_position(cfg, stats) * batch["targets"].numel()})
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            _check_finite(step + 1, step_nats / max(step_targets, 1.0), grad_norm, ckpt_path, env)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -21,14 +21,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from blt.files import atomic_write_text
+from blt.errors import UserError
+from blt.files import atomic_write_text, print_line, read_text, write_errors
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {n} is damaged (not JSON); remove that line to go on") from None
+    return rows
 
 
 class MetricsLog:
@@ -38,7 +47,8 @@ class MetricsLog:
     def reset(self) -> None:
         """A fresh run starts an empty file."""
         if self.enabled and self.path.exists():
-            self.path.unlink()
+            with write_errors(self.path):
+                self.path.unlink()
 
     def truncate_after(self, step: int) -> None:
         """Drop rows with step > `step`, rewriting the file atomically."""
@@ -50,7 +60,7 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with write_errors(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 
@@ -94,7 +104,8 @@ def format_rate(x: float) -> str:
 
 
 class Progress:
-    """A tqdm bar on a terminal; plain lines on stdout otherwise (logs, pipes); or silence."""
+    """A tqdm bar on a terminal; plain lines on stdout otherwise (logs, pipes); or silence.
+    Lines to a pipe whose reader has gone (`blt train | head`) are dropped; training goes on."""
 
     def __init__(self, total: int, initial: int, enabled: bool):
         self.enabled = enabled
@@ -120,7 +131,7 @@ class Progress:
             self.bar.set_postfix(parts, refresh=True)
         else:
             text = " ".join(f"{k} {v}" for k, v in parts.items())
-            print(f"step {step}/{self.total} {text} lr {row['lr']:.2e}", flush=True)
+            print_line(f"step {step}/{self.total} {text} lr {row['lr']:.2e}")
 
     def note(self, message: str) -> None:
         if not self.enabled:
@@ -128,7 +139,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(message)
         else:
-            print(message, flush=True)
+            print_line(message)
 
     def close(self) -> None:
         if self.bar is not None:
