@@ -20,12 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def _rank_main(config_path: str, out_dir: str, dump_dir: str) -> None:
     from blt.config import load_config
     from blt.runs.config import RunConfig
-    from blt.train import loop
+    from blt.train import checkpointing, loop
 
     rank = int(os.environ["RANK"])
     dump = Path(dump_dir)
     captured = {}
-    real_setup, real_save = loop.setup_model, loop.save_checkpoint
+    real_setup, real_save = loop.setup_model, checkpointing.save_checkpoint
 
     def setup_and_capture(cfg, device, run_dir=None):
         model = real_setup(cfg, device, run_dir)
@@ -38,7 +38,7 @@ def _rank_main(config_path: str, out_dir: str, dump_dir: str) -> None:
             f.write(f"{step}\n")
         return real_save(run_dir, step, *args, **kwargs)
 
-    loop.setup_model, loop.save_checkpoint = setup_and_capture, save_and_record
+    loop.setup_model, checkpointing.save_checkpoint = setup_and_capture, save_and_record
     result = loop.train(load_config(RunConfig, config_path), Path(out_dir))
     torch.save(
         {"final": captured["model"].state_dict(), "init": captured["init"], "result": result},

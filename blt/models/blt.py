@@ -218,6 +218,8 @@ class ByteLatentTransformer(nn.Module):
         latent_out = self.latent(patches, patch_docs, n_patches, starts_at)  # (B, P, Dl)
         return self.decoder(ids, byte_states, latent_out, self.decoder_patches(patch))
 
+    count_targets = staticmethod(ByteLM.count_targets)  # the targets `loss` averages over
+
     def loss(self, ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy (nats) over byte and EOS targets; stats {'targets', 'patches'}.
 

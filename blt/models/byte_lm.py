@@ -74,6 +74,11 @@ class ByteLM(nn.Module):
         h = self.stack(h, positions, mask, cache)
         return self.head(h).float()  # (B, T, V)
 
+    @staticmethod
+    def count_targets(targets: torch.Tensor) -> int:
+        """Targets the loss averages over (BOS and PAD are not scored)."""
+        return int((masked_targets(targets) != -100).sum())
+
     def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy (nats) over scored targets, and stats {'targets': count}."""
         logits = self(ids)

@@ -87,6 +87,11 @@ class TokenLM(nn.Module):
         h = self.stack(self.embed(ids), positions, mask)  # (B, T, D)
         return self.head(h).float()  # (B, T, V)
 
+    @staticmethod
+    def count_targets(targets: torch.Tensor) -> int:
+        """Tokens the loss averages over (BOS and PAD are not scored)."""
+        return int(((targets != BOS) & (targets != PAD)).sum())
+
     def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy (nats per scored token); stats {'targets': tokens, 'bytes': their bytes}."""
         logits = self(ids)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from blt.config import InvalidValue, must
 from blt.models.kv_cache import KVCache
@@ -208,6 +209,7 @@ class TransformerStack(nn.Module):
         self.norm = None if cfg.final_norm is False else RMSNorm(cfg.dim, cfg.norm_eps)
         # one value table for every memory block (Memory+ shares it)
         self.memory_values = nn.Embedding(cfg.memory.slots, cfg.hidden_dim) if memory else None
+        self.checkpointing = False  # recompute each block's activations in the backward pass
 
     @torch.no_grad()
     def init_weights(self):
@@ -244,7 +246,10 @@ class TransformerStack(nn.Module):
         for i, block in enumerate(self.layers):
             if before_layer is not None:
                 h = before_layer(i, h)
-            h = block(h, rope, mask, cache, values)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, rope, mask, cache, values, use_reentrant=False)
+            else:
+                h = block(h, rope, mask, cache, values)
             if after_layer is not None:
                 h = after_layer(i, h)
         return h if self.norm is None else self.norm(h)

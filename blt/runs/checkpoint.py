@@ -51,29 +51,39 @@ def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
     return next((k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, cfg, train_state: dict, keep: int = 2) -> Path:
-    ckpt_root = Path(run_dir) / layout.CHECKPOINTS
-    name = layout.checkpoint_name(step)
-    state = model_state(model)
+def checkpoint_files(state: dict[str, torch.Tensor], step: int, cfg, train_state: dict) -> dict[str, bytes]:
+    """The files of a checkpoint, serialised: weights, training state, and model.json (step,
+    config, and the sha256 of the other two). Refuses non-finite weights."""
     bad = first_non_finite(state)
     if bad is not None:
         raise UserError(f"the weights at step {step} are not finite ({bad}); no checkpoint was written")
-    weights = save(state)
     buffer = io.BytesIO()
     torch.save(train_state, buffer)
-    files = {layout.WEIGHTS: weights, layout.TRAIN_STATE: buffer.getvalue()}
+    files = {layout.WEIGHTS: save(state), layout.TRAIN_STATE: buffer.getvalue()}
     info = {"step": step, "config": to_dict(cfg),
             "sha256": {file: hashlib.sha256(data).hexdigest() for file, data in files.items()}}
     files[layout.MODEL_INFO] = json.dumps(info, indent=1).encode()
-    make_directory(ckpt_root)
-    with replacing_directory(ckpt_root / name) as tmp:
-        for file, data in files.items():
-            (tmp / file).write_bytes(data)
+    return files
+
+
+def publish(ckpt_root: Path, name: str, keep: int) -> Path:
+    """Make the complete checkpoint `name` the newest (LATEST) and drop all but the `keep` newest."""
     atomic_write_text(ckpt_root / LATEST, name)
     if keep > 0:
         for old in sorted(ckpt_root.glob("step_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return ckpt_root / name
+
+
+def save_checkpoint(run_dir: Path, step: int, model, cfg, train_state: dict, keep: int = 2) -> Path:
+    ckpt_root = Path(run_dir) / layout.CHECKPOINTS
+    name = layout.checkpoint_name(step)
+    files = checkpoint_files(model_state(model), step, cfg, train_state)
+    make_directory(ckpt_root)
+    with replacing_directory(ckpt_root / name) as tmp:
+        for file, data in files.items():
+            (tmp / file).write_bytes(data)
+    return publish(ckpt_root, name, keep)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

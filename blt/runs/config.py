@@ -74,6 +74,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     device: str = "auto"  # auto = CUDA (this rank's GPU) when available, else cpu
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # replicate the model on every rank, or shard it (FSDP2)
+    activation_checkpointing: bool = False  # recompute every block's activations in the backward pass
+    compile: bool = False  # torch.compile every block
 
     def validate(self):
         for name in ("steps", "grad_accum", "log_every"):

@@ -51,8 +51,9 @@ def env_rank() -> int:
     return _env_int("RANK", 0)
 
 
-def init_distributed(requested_device: str = "auto") -> DistEnv:
-    """Read torchrun's environment; join the process group when there is more than one rank."""
+def init_distributed(requested_device: str = "auto", always: bool = False) -> DistEnv:
+    """Read torchrun's environment; join the process group when there is more than one rank (or
+    make a group of one when `always`: FSDP2 needs a group even for a single process)."""
     world = _env_int("WORLD_SIZE", 1)
     rank = env_rank()
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -60,9 +61,10 @@ def init_distributed(requested_device: str = "auto") -> DistEnv:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns = False
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or always) and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        store = dist.HashStore() if world == 1 else None  # a group of one needs no rendezvous
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, store=store)
         owns = True
     return DistEnv(rank, local_rank, world, device, owns)
 

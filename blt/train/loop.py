@@ -50,13 +50,45 @@ from blt.errors import UserError
 from blt.evaluation.bpb import evaluate_split
 from blt.files import atomic_write_text, make_directory, print_line, read_json
 from blt.runs import layout
-from blt.runs.checkpoint import latest_checkpoint, load_train_state, load_weights, save_checkpoint
+from blt.runs.checkpoint import latest_checkpoint
 from blt.runs.config import RunConfig
 from blt.runs.kinds import build_model, kind_of
 from blt.runs.lock import RunLock
 from blt.train import distributed as D
+from blt.train import parallel
+from blt.train.checkpointing import for_parallel
 from blt.train.metrics import Interval, MetricsLog, Progress, summarize
-from blt.train.optim import build_optimizer, build_scheduler, load_scheduler_state
+from blt.train.optim import build_optimizer, build_scheduler
+
+
+def _distribute(model: nn.Module, t, env: D.DistEnv) -> nn.Module:
+    """The module training calls, `forward(**batch) -> model.loss(**batch)`, over DDP or FSDP2,
+    with activation checkpointing and compilation as asked (blt.train.parallel)."""
+    if t.activation_checkpointing:
+        parallel.set_activation_checkpointing(model)
+    if t.compile:
+        parallel.compile_blocks(model)
+    if t.parallel == "fsdp":
+        parallel.shard(model, env.device, t.bf16)
+        return LossForward(model)
+    return D.wrap_ddp(LossForward(model), env)
+
+
+def _gradient_sync(forward, model, t, env: D.DistEnv, last: bool):
+    """Gradients reduced over ranks once per optimizer step, not once per micro-step."""
+    if env.world == 1 or last:
+        if t.parallel == "fsdp" and env.world > 1:
+            model.set_requires_gradient_sync(True)
+        return nullcontext()
+    if t.parallel == "fsdp":
+        model.set_requires_gradient_sync(False)
+        return nullcontext()
+    return forward.no_sync()
+
+
+def _total(norm) -> float:
+    """A gradient norm as a float (FSDP2 returns it as a DTensor)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 class LossForward(nn.Module):
@@ -134,19 +166,6 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train `cfg` into `out_dir`; returns the final metrics (see the module docstring)."""
     out_dir = Path(out_dir)
@@ -158,24 +177,11 @@ def train(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
                             f"or choose another --out")
         if resume and not has_ckpt:
             raise UserError(f"nothing to resume: {out_dir} holds no checkpoint")
-        env = D.init_distributed(cfg.train.device)
+        env = D.init_distributed(cfg.train.device, always=cfg.train.parallel == "fsdp")
         try:
             return _train(cfg, out_dir, resume, corpus, env)
         finally:
             D.shutdown(env)
-
-
-def _restore(ckpt: Path, optimizer, scheduler, device: torch.device) -> dict:
-    """Load a checkpoint's training state into the optimizer, scheduler and RNG; the state."""
-    state = load_train_state(ckpt)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-        load_scheduler_state(scheduler, state["scheduler"])
-        _set_rng_state(state["rng"], device)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"checkpoint {ckpt}: {layout.TRAIN_STATE} does not fit this run "
-                        f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    return state
 
 
 def _check_finite(step: int, loss: float, grad_norm: float, ckpt: Path | None, env: D.DistEnv) -> None:
@@ -200,15 +206,16 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     model = setup_model(cfg, env.device, out_dir)
     if not resume:
         kind.after_init(model, cfg)
+    forward = _distribute(model, t, env)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total)
+    store = for_parallel(t.parallel)
     start, elapsed0, tokens = 0, 0.0, 0
     train_flops = 0.0  # cumulative over all ranks, resumes included
     ckpt_path = None
     if resume:
         ckpt_path = latest_checkpoint(out_dir)
-        load_weights(model, ckpt_path)
-        state = _restore(ckpt_path, optimizer, scheduler, env.device)
+        state = store.restore(ckpt_path, model, optimizer, scheduler, env.device)
         start, elapsed0, tokens = state["step"], state["elapsed"], state["tokens"]
         train_flops = float(state.get("train_flops", 0.0))  # absent in checkpoints older than the count
         if start >= total:
@@ -224,7 +231,6 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
             log.truncate_after(start)
         else:
             log.reset()
-    forward = D.wrap_ddp(LossForward(model), env)
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=t.bf16)
     max_norm = cfg.optim.clip if cfg.optim.clip > 0 else math.inf
@@ -247,15 +253,18 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
             tic = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             step_nats, step_targets = 0.0, 0.0
-            for micro in range(t.grad_accum):
-                batch = {k: v.to(env.device, non_blocking=True) for k, v in sampler.batch(step, micro).items()}
-                last_micro = micro == t.grad_accum - 1
-                # DDP averages gradients once per optimizer step, not once per micro-step
-                sync = nullcontext() if env.world == 1 or last_micro else forward.no_sync()
-                with sync:
+            batches = [sampler.batch(step, micro) for micro in range(t.grad_accum)]
+            # each micro-step's mean loss weighted by its share of the step's scored targets over
+            # all ranks (x world: DDP and FSDP average over ranks), so the gradient is the mean over
+            # every target of the global batch, however it is split into micro-steps and ranks
+            counts = [float(model.count_targets(b["targets"])) for b in batches]
+            n_global = max(D.all_reduce_sum([sum(counts)], env.device)[0], 1.0)
+            for micro, batch in enumerate(batches):
+                batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
+                with _gradient_sync(forward, model, t, env, last=micro == t.grad_accum - 1):
                     with autocast:
                         loss, stats = forward(**batch)
-                    (loss / t.grad_accum).backward()
+                    (loss * (counts[micro] * env.world / n_global)).backward()
                 nats = loss.item() * float(stats["targets"])
                 interval.nats += nats
                 step_nats += nats  # the step's own, for the finiteness check
@@ -264,7 +273,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
                 interval.add({"flops": kind.train_flops_per_position(cfg, stats) * batch["targets"].numel()})
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_norm = _total(torch.nn.utils.clip_grad_norm_(params, max_norm))
             _check_finite(step + 1, step_nats / max(step_targets, 1.0), grad_norm, ckpt_path, env)
             optimizer.step()
             scheduler.step()
@@ -280,7 +289,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
             at_end = done == total
             evaluate_now = at_end or (t.eval_every > 0 and done % t.eval_every == 0)
             checkpoint_now = at_end or stopping or (t.ckpt_every > 0 and done % t.ckpt_every == 0)
-            if evaluate_now and main:
+            # an FSDP model's forward is a collective: every rank evaluates (the same bytes)
+            if evaluate_now and (main or t.parallel == "fsdp"):
                 val = {**evaluate_split(partial(kind.scores, model), val_split, t.eval_bytes), "step": done}
             if evaluate_now or checkpoint_now or done == 1 or done % t.log_every == 0:
                 sums = D.all_reduce_sum(
@@ -300,19 +310,14 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 last_row = row
                 interval.reset()
             if checkpoint_now:
-                state = {
-                    "step": done,
-                    "optimizer": optimizer.state_dict(),
+                counters = {
                     "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(env.device),
                     "elapsed": elapsed0 + time.perf_counter() - session_start,
                     "tokens": tokens,
                     "train_flops": train_flops,
                     "world_size": env.world,
                 }
-                if main:
-                    ckpt_path = save_checkpoint(out_dir, done, model, cfg, state, t.keep_checkpoints)
-                D.barrier()
+                ckpt_path = store.save(out_dir, done, model, optimizer, cfg, counters, env)
             if stopping:
                 break
     progress.close()
