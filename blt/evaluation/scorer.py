@@ -13,11 +13,13 @@ layer, the most the model saw in training. The same rule holds for every kind:
   covers (zeros on its other bytes), so a document's sum is its token NLL;
 - BLT: span = context bytes: its byte levels slide with min(window, context) and its latent sees
   the patches starting within the last `context` bytes (models/latent.py). Patch starts of a
-  job come from the job's own window, as training cuts them, with entropies computed over the
-  whole document first (the entropy model slides over the document like a byte LM).
+  job come from the job's own window, as training cuts them, with the patcher's signal
+  computed over the whole document first (`document_signals`: the entropy model slides over
+  the document like a byte LM).
 Rows of a batch carry their own positions (-1 = padding) and masks, so a document's values never
 depend on what else is in the batch, and documents are read slice by slice (memory maps stay on
-disk). Values: 'nats' = -log p(target), 'entropy' = entropy (nats) of the predicting distribution.
+disk). Values: 'nats' = -log p(target), 'entropy' = entropy (nats) of the predicting distribution;
+a tuple of both names gives both, stacked.
 """
 from __future__ import annotations
 
@@ -50,14 +52,15 @@ def plan_jobs(lengths: list[int], span: int, chunk: int) -> list[tuple[int, int,
 
 
 def iter_windows(
-    seqs: list, forward: WindowForward, span: int, chunk: int, batch_size: int = 16, what: str = "nats",
+    seqs: list, forward: WindowForward, span: int, chunk: int, batch_size: int = 16, what: str | tuple = "nats",
     eos: bool = False, ids: tuple[int, int, int] = (BOS_ID, EOS_ID, PAD_ID), device=None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (sequence index, first position, float32 values) for every prediction of every
-    sequence (see the module docstring). seqs: int arrays without BOS/EOS; ids: the model's
-    (BOS, EOS, PAD) ids."""
-    if what not in ("nats", "entropy"):
-        raise ValueError(f"what must be 'nats' or 'entropy', got {what!r}")
+    sequence (see the module docstring): values (n,), or (len(what), n) for a tuple `what`.
+    seqs: int arrays without BOS/EOS; ids: the model's (BOS, EOS, PAD) ids."""
+    names = what if isinstance(what, tuple) else (what,)
+    if not names or any(w not in ("nats", "entropy") for w in names):
+        raise ValueError(f"what must be 'nats', 'entropy' or a tuple of them, got {what!r}")
     bos, eos_id, pad = ids
     jobs = plan_jobs([len(s) + int(eos) for s in seqs], span, chunk)
     for at in range(0, len(jobs), batch_size):
@@ -81,13 +84,15 @@ def iter_windows(
         inputs, targets, positions = inputs.to(device), targets.to(device), positions.to(device)
         with torch.no_grad():
             logits = forward(inputs, targets, positions, group)  # (B, L, V)
-            if what == "nats":
-                values = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
-            else:
-                values = entropy(logits)  # (B, L)
-        values = values.cpu()
+            values = torch.stack([
+                F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none") if w == "nats"
+                else entropy(logits)
+                for w in names
+            ], dim=1).cpu()  # (B, len(names), L)
+        if not isinstance(what, tuple):
+            values = values[:, 0]
         for r, (d, s, first, e) in enumerate(group):
-            yield d, first, values[r, first - s : e - s].numpy()
+            yield d, first, values[r, ..., first - s : e - s].numpy()
 
 
 def collect(docs: list, items: Iterator[tuple[int, int, np.ndarray]], extra: int = 0) -> list[np.ndarray]:
@@ -158,6 +163,19 @@ def token_lm_scores(model, docs: list, batch_size: int = 16, chunk: int | None =
     return out
 
 
+def document_signals(model, docs: list, signal: str, batch_size: int = 16) -> list:
+    """An entropy model's signal (blt.patching.entropy) at every position of each document
+    after its BOS: float32 arrays of len(doc) + 1, entry i < len(doc) at byte i, the last at the
+    document's EOS (the form `calibration_rows` and the entropy file take).
+    'entropy': the entropy predicting that position; 'surprisal': the surprisal of the byte
+    before it (0 for the first byte)."""
+    if signal == "entropy":
+        return byte_lm_scores(model, docs, batch_size, "entropy", eos=True)
+    if signal == "surprisal":
+        return [np.concatenate([[0.0], nats]).astype(np.float32) for nats in byte_lm_scores(model, docs, batch_size)]
+    raise ValueError(f"unknown signal {signal!r}")
+
+
 @_in_eval_mode
 def blt_scores(model, docs: list, batch_size: int = 16, chunk: int | None = None) -> list:
     """Nats per byte of a ByteLatentTransformer with its attached patcher."""
@@ -167,8 +185,8 @@ def blt_scores(model, docs: list, batch_size: int = 16, chunk: int | None = None
     device = _device(model)
     seq_ents = None
     if model.patcher.needs_entropy:
-        # entry q is the entropy of sequence position q (0 at BOS): the alignment of patchers
-        doc_ents = byte_lm_scores(model.entropy_model, docs, batch_size, "entropy", eos=True)
+        # entry q is the signal at sequence position q (0 at BOS): the alignment of patchers
+        doc_ents = document_signals(model.entropy_model, docs, model.patcher.signal, batch_size)
         seq_ents = [np.concatenate([[0.0], e]).astype(np.float32) for e in doc_ents]
 
     def forward(ids, targets, positions, jobs):
