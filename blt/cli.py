@@ -21,6 +21,8 @@ COMMANDS = {
     "entropies": "precompute an entropy model's per-byte entropies for a corpus",
     "patches": "show the patches a patcher cuts a file into",
     "study": "train and compare models at equal training-FLOP budgets",
+    "compress": "compress a file losslessly with a trained byte-level model or BLT",
+    "decompress": "restore a file made by `blt compress` (with the same run)",
 }
 
 

@@ -24,23 +24,38 @@ def atomic_write_text(path, text: str) -> Path:
     return path
 
 
-def read_input(path: Path) -> bytes:
-    """The bytes of a non-empty input file (UserError naming the path otherwise)."""
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """Write `data` to path whole or not at all; the temporary file never outlives a failure."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_input(path: Path, empty_ok: bool = False) -> bytes:
+    """The bytes of an input file, non-empty unless empty_ok (UserError naming the path otherwise)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a directory; --input takes one file")
+        raise UserError(f"{path} is a directory; the input is one file")
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
     data = path.read_bytes()
-    if not data:
+    if not data and not empty_ok:
         raise UserError(f"{path} is empty: there are no bytes to score")
     return data
 
 
-def check_output(out: Path) -> None:
-    """UserError unless `out` can be created as a file (its directory exists, it is no directory)."""
+def check_output(out: Path, source: Path | None = None) -> None:
+    """UserError unless `out` can be created as a file (its directory exists, it is no directory)
+    without replacing the file `source` it is made from."""
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"output directory not found: {out.parent}")
     if out.is_dir():
-        raise UserError(f"{out} is a directory; --out takes a file name")
+        raise UserError(f"{out} is a directory; the output is a file name")
+    if source is not None and out.exists() and os.path.samefile(out, source):
+        raise UserError(f"{out} is the input file: the output must go elsewhere")
