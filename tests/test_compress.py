@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from blt.cli import main
-from blt.config import save_yaml
 from blt.errors import UserError
 from blt.inference.compress import blt_feeds, byte_lm_feeds, compress, decompress
 from blt.inference.container import HEADER_SIZE, ContainerError, unpack
@@ -22,9 +21,8 @@ from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.transformer import TransformerConfig
 from blt.patching.patchers import PatcherConfig, build_patcher
-from blt.runs.checkpoint import save_checkpoint
 from blt.runs.config import RunConfig
-from blt.runs.kinds import KINDS, build_model
+from blt.runs.kinds import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 FINGERPRINT = hashlib.sha256(b"test model").digest()
@@ -168,28 +166,13 @@ def test_bpe_token_runs_cannot_compress():
 # ---------------------------------------------------------------- the commands
 
 
-def save_run(run_dir: Path, cfg: RunConfig, seed: int = 0) -> Path:
-    run_dir.mkdir(parents=True)
-    save_yaml(cfg, run_dir / "config.yaml")
-    torch.manual_seed(seed)
-    model = build_model(cfg, run_dir)
-    model.init_weights()
-    save_checkpoint(run_dir, 1, model, cfg, {})
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(make_run):
     """A byte LM run, a second one (other weights), and an equal-information BLT run."""
-    root = tmp_path_factory.mktemp("runs")
     byte_cfg = RunConfig(model_kind="byte", model=byte_lm_config())
     blt_cfg = RunConfig(model_kind="blt", blt=blt_config(), patching=patcher_config("equal_info"),
                         entropy_model=byte_lm_config())
-    return {
-        "byte": save_run(root / "byte", byte_cfg),
-        "other": save_run(root / "other", byte_cfg, seed=1),
-        "blt": save_run(root / "blt", blt_cfg),
-    }
+    return {"byte": make_run(byte_cfg), "other": make_run(byte_cfg, seed=1), "blt": make_run(blt_cfg)}
 
 
 def cli(*args, threads: int = 1) -> subprocess.CompletedProcess:
