@@ -1,7 +1,6 @@
 """Pictures of patches: the PNG figure, the self-contained HTML page (rendered by a real headless
 Chromium where one is installed), and `blt patches --png/--html`."""
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
