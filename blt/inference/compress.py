@@ -56,7 +56,7 @@ from blt.inference.blt import IncrementalBLT
 from blt.inference.container import ContainerError, Header, block_spans, pack, unpack
 from blt.vocab import BOS_ID, PAD_ID
 
-DEFAULT_BLOCK_SIZE = 65536  # bytes per independently coded block
+DEFAULT_BLOCK_SIZE = 16384  # bytes per block: each restarts from BOS, a few bits; more blocks, wider batches
 DEFAULT_BATCH_BLOCKS = 64  # blocks coded side by side
 MAX_BLOCK_SIZE = 1 << 24  # a model state per block is held in memory; larger headers are damaged
 MAX_BATCH_BLOCKS = 4096
