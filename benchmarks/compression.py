@@ -138,12 +138,14 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def report(args, runs, summaries, files, rows, sizes, started, seconds) -> str:
-    versions = [subprocess.run([cmd[0], "--version"], capture_output=True, text=True, check=False) for _, cmd in CLASSICAL]
+    versions = [subprocess.run([cmd[0], "--version"], capture_output=True, text=True, check=False)
+                for _, cmd in CLASSICAL]
     tools = [(v.stdout or v.stderr).strip().splitlines()[0].strip("* ") for v in versions]
     lines = [
         "# Lossless compression: byte LM and BLT against gzip, bzip2, xz, zstd",
         "",
-        f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.compression {' '.join(args.argv)}` (from the repository root)",
+        f"Command (from the repository root): `OMP_NUM_THREADS=1 python -m benchmarks.compression "
+        f"{' '.join(args.argv)}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({cpu_flags()}), torch {torch.__version__}, "
         f"one torch thread for the models, fp32, CPU. Shared machine: `uptime` before: `{started}`; after: `{load()}`. "

@@ -76,8 +76,8 @@ def patcher_config(kind: str) -> PatcherConfig:
 def blt_model(kind: str) -> ByteLatentTransformer:
     torch.manual_seed(0)
     model = ByteLatentTransformer(blt_config())
-    entropy_model = ByteLM(byte_lm_config()) if kind in ("entropy", "relative", "entropy_relative", "equal_info") else None
-    model.set_patching(build_patcher(patcher_config(kind), BPE_TOKENS), entropy_model)
+    cfg = patcher_config(kind)
+    model.set_patching(build_patcher(cfg, BPE_TOKENS), ByteLM(byte_lm_config()) if cfg.needs_entropy else None)
     model.init_weights()
     return model.eval()
 

@@ -115,6 +115,11 @@ def test_html_renders_in_headless_chromium(tmp_path):
     assert [int(s["data-i"]) for s in spans] == list(range(len(DATA)))
     assert [int(s["data-p"]) for s in spans] == (np.cumsum(v.starts) - 1).tolist()
     assert f"{len(DATA)} bytes in {n_patches} patches" in proc.stdout
+    # the hover panel, filled for the byte the address names
+    proc = chromium("--dump-dom", page.as_uri() + "#b=3", tmp=tmp_path)
+    panel = re.search(r'<div id="info">([^<]*)</div>', proc.stdout).group(1)
+    assert panel.startswith(f"byte 3: 0x{DATA[3]:02x} ({DATA[3]})  patch {int(np.cumsum(v.starts)[3]) - 1}")
+    assert f"entropy {v.entropy[3]:.3f} nats" in panel and f"surprisal {v.surprisal[3]:.3f} nats" in panel
     shot = tmp_path / "shot.png"
     proc = chromium("--screenshot=" + str(shot), "--window-size=900,400", page.as_uri(), tmp=tmp_path)
     assert proc.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", proc.stderr[-2000:]

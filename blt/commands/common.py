@@ -11,7 +11,8 @@ from blt.runs.loading import open_run
 
 
 def add_device_arg(p, default: str = "auto") -> None:
-    p.add_argument("--device", default=default, help=f"cpu, cuda, cuda:N, or auto (cuda if available); default {default}")
+    p.add_argument("--device", default=default,
+                   help=f"cpu, cuda, cuda:N, or auto (cuda if available); default {default}")
 
 
 def accept_late_overrides(parser) -> None:

@@ -147,10 +147,10 @@ def run(args) -> int:
     n_patches = round(len(data) / mean)
     print(f"mean patch size {mean:.3f} bytes ({len(data)} bytes in {n_patches} patches; {patcher!r}{note})")
     if args.png or args.html:
-        threshold = cfg.budget if cfg.kind == "equal_info" else cfg.theta if cfg.kind in ("entropy", "entropy_relative") else None
+        drawn = {"entropy": cfg.theta, "entropy_relative": cfg.theta, "equal_info": cfg.budget}  # a line to draw
         view = PatchView(
             data, starts[0, 1:-1].numpy(), values["entropy"][:-1] if values else None,
-            values["surprisal"][1:] if values else None, cfg.kind, repr(patcher), threshold,
+            values["surprisal"][1:] if values else None, cfg.kind, repr(patcher), drawn.get(cfg.kind),
             f"{args.input.name}: {len(data)} bytes, mean patch size {mean:.2f} ({cfg.kind})")
         sys.stdout.flush()
         for out, write in ((args.png, draw_png), (args.html, write_html)):

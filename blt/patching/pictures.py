@@ -13,10 +13,11 @@ LABELLED_BYTES bytes, each byte written along the x axis. For equal-information 
 line is the surprisal accumulated in the open patch (it restarts at every patch) against the
 budget: a patch closes after the byte that reaches it.
 HTML: every byte a <span> coloured by its entropy (white to red), a bar before every patch, and
-the byte, its entropy, surprisal and patch in a panel on hover (inline JS; the values ride in
-data-* attributes). Printable ASCII shows as itself, a valid UTF-8 sequence as its character on
-its first byte (its continuation bytes as slivers), a newline as a return arrow that breaks the
-line, a tab as an arrow, a carriage return as \r, anything else as a hex escape.
+the byte, its entropy, surprisal and patch in a panel on hover, or for byte N when the page is
+opened as page.html#b=N (inline JS; the values ride in data-* attributes). Printable ASCII
+shows as itself, a valid UTF-8 sequence as its character on its first byte (its continuation
+bytes as slivers), a newline as a return arrow that breaks the line, a tab as an arrow, a
+carriage return as \r, anything else as a hex escape.
 """
 from __future__ import annotations
 
@@ -158,13 +159,17 @@ spans.forEach((s, i) => {{
 document.getElementById("summary").textContent = spans.length + " bytes in " + (patch + 1) + " patches";
 const info = document.getElementById("info");
 const nats = v => (v === undefined ? "-" : Number(v).toFixed(3) + " nats");
-document.getElementById("text").addEventListener("mouseover", e => {{
-  const s = e.target.closest("#text > span");
-  if (!s) return;
+function show(s) {{
   const d = s.dataset, b = Number(d.b);
   info.textContent = "byte " + d.i + ": 0x" + b.toString(16).padStart(2, "0") + " (" + b + ")  patch " + d.p +
     (d.s === "1" ? " (starts here)" : "") + "  entropy " + nats(d.h) + "  surprisal " + nats(d.u);
+}}
+document.getElementById("text").addEventListener("mouseover", e => {{
+  const s = e.target.closest("#text > span");
+  if (s) show(s);
 }});
+const linked = /^#b=(\\d+)$/.exec(location.hash);  // page.html#b=N shows byte N
+if (linked && spans[Number(linked[1])]) show(spans[Number(linked[1])]);
 </script>
 </body></html>
 """

@@ -3,8 +3,8 @@
 Each ModelKind says how a run of that kind builds its network (constructed, not initialised:
 call init_weights() after placing it), prepares its run directory before the first step,
 draws training batches, charges training FLOPs, scores bytes, describes itself in `blt eval`,
-generates, and steps through bytes for lossless compression. Training, evaluation and the commands look a kind up here instead of branching
-on its name.
+generates, and steps through bytes for lossless compression. Training, evaluation and the
+commands look a kind up here instead of branching on its name.
 """
 from __future__ import annotations
 
