@@ -16,8 +16,10 @@ it, the result is decompressed and compared with the original, and both are time
   scorer, blt.evaluation.scorer: what `blt score` reports); *model bpb (blocks)*: the same over
   the coder's blocks, each its own document from BOS, which is what the coder can reach;
 - *coding overhead*: coded bpb - header bpb - model bpb (blocks): what the range coder and the
-  quantised tables cost beyond the model's own probabilities (it can be negative: the coder
-  renormalises the model's distribution over the 256 byte values, BOS/EOS/PAD never occur);
+  quantised tables cost beyond the model's own probabilities. It can be negative: the tables
+  give every byte value at least 2**-24, which caps a byte's cost at 24 bits where the model
+  gives it less (a model of Dickens has seen one tab: on a file full of tabs that saves bits),
+  and the model's mass on BOS/EOS/PAD, which never occur, goes to the bytes;
   *block restarts*: model bpb (blocks) - model bpb (file), the context lost at block starts;
 - compress and decompress speed in bytes/s (the model runs on one thread whatever --threads
   says: blt.inference.compress pins it so files decode anywhere the same build runs).
