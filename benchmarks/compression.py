@@ -163,7 +163,8 @@ def report(args, runs, summaries, files, rows, sizes, started, seconds) -> str:
     for name, (opened, _, _) in runs.items():
         params = sum(p.numel() for k, p in opened.model.named_parameters() if not k.startswith("entropy_model."))
         s = summaries[name]
-        lines.append(f"| {name} | `{opened.path}` | {params:,} | {s['steps']} | {s['seconds'] / 60:.1f} min | "
+        path = opened.path.relative_to(ROOT) if opened.path.is_relative_to(ROOT) else opened.path
+        lines.append(f"| {name} | `{path}` | {params:,} | {s['steps']} | {s['seconds'] / 60:.1f} min | "
                      f"{fmt(s['val_bpb'])} |")
     lines += [
         "",
