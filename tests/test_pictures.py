@@ -10,6 +10,7 @@ import pytest
 
 from blt.cli import main
 from blt.models.byte_lm import ByteLMConfig
+from blt.patching.patchers import PatcherConfig
 from blt.patching.pictures import PatchView, accumulated, byte_labels, draw_png, html_page, write_html
 from blt.runs.config import RunConfig
 
@@ -143,3 +144,13 @@ def test_patches_command_writes_both_pictures(make_run, tmp_path, capsysbinary):
     assert main([*args, "--kind", "space"]) == 0  # a patcher without entropies still gets its entropy line
     assert "data-h=" in page.read_text()
     assert main([*args[:-2], "--html", str(tmp_path / "missing" / "p.html")]) == 2
+
+
+def test_patches_command_refuses_a_signal_the_run_lacks(make_run, tmp_path, capsys):
+    """A BLT patching by spaces carries no entropy model: it cannot cut equal-information patches."""
+    cfg = RunConfig(model_kind="blt", patching=PatcherConfig(kind="space"))
+    cfg.blt.hash_buckets = 61
+    source = tmp_path / "in.txt"
+    source.write_bytes(TEXT)
+    assert main(["patches", str(make_run(cfg)), "--input", str(source), "--kind", "equal_info"]) == 2
+    assert "needs an entropy model" in capsys.readouterr().err

@@ -125,6 +125,8 @@ def run(args) -> int:
             msg = f"blt patches: learning a {args.bpe_vocab_size}-token BPE vocabulary from the file"
             print(msg, file=sys.stderr)
             vocab = train_bpe(data, args.bpe_vocab_size)
+    if cfg.needs_entropy and patching.entropy_model is None:
+        raise UserError(f"patcher '{cfg.kind}' needs an entropy model, and {args.run} has none")
     # the signals at every position after BOS, (n + 1,) each, the last at EOS
     wanted = {cfg.signal} if cfg.needs_entropy else set()
     if (args.png or args.html) and patching.entropy_model is not None:
