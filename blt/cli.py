@@ -28,6 +28,8 @@ COMMANDS = {
     "patches": "show the patches a patcher cuts a file into",
     "study": "train and compare models at equal training-FLOP budgets",
     "export-hf": "write a BLT run as a Hugging Face checkpoint (transformers' BltForCausalLM)",
+    "compress": "compress a file losslessly with a trained byte-level model or BLT",
+    "decompress": "restore a file made by `blt compress` (with the same run)",
 }
 
 

@@ -143,9 +143,10 @@ def make_directory(path, option: str = "--out") -> Path:
     return path
 
 
-def check_output(out) -> None:
+def check_output(out, source=None) -> None:
     """UserError unless `out` can be written as a file: `-`, a special file, or a name in an
-    existing directory that is no directory itself. Checked before long work, not after it."""
+    existing directory that is no directory itself and not the file `source` it is made from.
+    Checked before long work, not after it."""
     if is_special(out):
         return
     out = Path(out)
@@ -153,10 +154,13 @@ def check_output(out) -> None:
         raise UserError(f"output directory not found: {out.parent}")
     if out.is_dir():
         raise UserError(f"{out} is a directory; --out takes a file name")
+    if source is not None and out.exists() and os.path.samefile(out, source):
+        raise UserError(f"{out} is the input file: the output must go elsewhere")
 
 
-def read_input(path, limit: int | None = None) -> bytes:
-    """The bytes (the first `limit` of them) of a non-empty input file (UserError otherwise)."""
+def read_input(path, limit: int | None = None, empty_ok: bool = False) -> bytes:
+    """The bytes (the first `limit` of them) of an input file, non-empty unless empty_ok
+    (UserError naming the path otherwise)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a directory; --input takes one file")
@@ -164,7 +168,7 @@ def read_input(path, limit: int | None = None) -> bytes:
         raise UserError(f"input file not found: {path}")
     with read_errors(path), open(path, "rb") as f:
         data = f.read(-1 if limit is None else limit)
-    if not data:
+    if not data and not empty_ok:
         raise UserError(f"{path} is empty: there are no bytes to score")
     return data
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the test files: small corpora on disk, an isolated cache, a blocked network.
+"""Fixtures shared by the test files: small corpora on disk, an isolated cache, a blocked network, run directories.
 
 Tests use one CPU thread (subprocesses too, through OMP_NUM_THREADS): their models are tiny,
 and on a shared machine several multi-threaded torch processes spin against each other
@@ -18,6 +18,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
 
 torch.set_num_threads(1)
+
+from blt.config import save_yaml  # noqa: E402
+from blt.runs.checkpoint import save_checkpoint  # noqa: E402
+from blt.runs.kinds import build_model  # noqa: E402
 
 
 def _stdlib_text(n_bytes: int) -> bytes:
@@ -48,6 +52,22 @@ def text_dir(tmp_path) -> Path:
     for i in range(8):
         (d / f"doc{i}.txt").write_bytes(text[i * 8000 : (i + 1) * 8000])
     return d
+
+
+@pytest.fixture(scope="session")
+def make_run(tmp_path_factory):
+    """make_run(cfg, seed=0) -> a run directory holding cfg and a freshly initialised checkpoint."""
+
+    def make(cfg, seed: int = 0) -> Path:
+        run_dir = tmp_path_factory.mktemp("run")
+        save_yaml(cfg, run_dir / "config.yaml")
+        torch.manual_seed(seed)
+        model = build_model(cfg, run_dir)
+        model.init_weights()
+        save_checkpoint(run_dir, 1, model, cfg, {})
+        return run_dir
+
+    return make
 
 
 @pytest.fixture

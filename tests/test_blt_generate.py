@@ -14,9 +14,10 @@ from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.memory import MemoryConfig
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import online_entropies, window_starts
+from blt.patching.entropy import online_entropies, online_signal, window_starts
 from blt.patching.patchers import (
-    BPEPatcher, CombinedEntropyPatcher, EntropyPatcher, RelativeEntropyPatcher, SpacePatcher, StaticPatcher,
+    BPEPatcher, CombinedEntropyPatcher, EntropyPatcher, EqualInfoPatcher, RelativeEntropyPatcher, SpacePatcher,
+    StaticPatcher,
 )
 from blt.vocab import EOS_ID, encode
 
@@ -60,6 +61,12 @@ def thresholds(model) -> tuple[float, float]:
     return mid(h), mid(h[1:] - h[:-1])
 
 
+def surprisal_budget(model) -> float:
+    """About three bytes' worth of the entropy model's surprisal on real text."""
+    with torch.no_grad():
+        return 3 * float(online_signal(model.entropy_model, encode(TEXT)[None], "surprisal")[0, 2:].mean())
+
+
 def make_patcher(kind: str, model):
     theta, theta_r = thresholds(model)
     return {
@@ -68,10 +75,11 @@ def make_patcher(kind: str, model):
         "entropy": lambda: EntropyPatcher(theta),
         "relative": lambda: RelativeEntropyPatcher(theta_r),
         "entropy_relative": lambda: CombinedEntropyPatcher(theta - 0.1, theta_r),
+        "equal_info": lambda: EqualInfoPatcher(surprisal_budget(model), max_patch_length=8),
     }[kind]()
 
 
-KINDS = ["static", "space", "entropy", "relative", "entropy_relative"]
+KINDS = ["static", "space", "entropy", "relative", "entropy_relative", "equal_info"]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +125,8 @@ def test_incremental_equals_slow_path_and_one_forward(model, recorded, kind):
         assert (online.log_softmax(-1) - reference[len(PROMPT):]).abs().max() < 1e-4
     assert torch.equal(state.starts, starts)
     assert 0.15 < starts.float().mean() < 0.9  # varied patches, neither all starts nor none
-    if model.patcher.needs_entropy:
-        offline = online_entropies(model.entropy_model, seq)
+    if model.patcher.needs_entropy:  # the patcher's signal online (steps) and offline (one pass)
+        offline = online_signal(model.entropy_model, seq, model.patcher.signal)
         assert (state.entropies - offline).abs().max() < 1e-4
 
 

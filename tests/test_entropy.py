@@ -13,7 +13,7 @@ from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.evaluation.entropies import compute_entropies, split_entropies
-from blt.evaluation.scorer import byte_lm_scores
+from blt.evaluation.scorer import byte_lm_scores, document_signals
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.patching.bpe import BPETrie, load_bpe_vocab, save_bpe_vocab, train_bpe
 from blt.patching.calibration import calibrate_config, calibration_rows
@@ -132,19 +132,43 @@ def test_entropy_file_round_trip(entropy_run, corpus_dir, tmp_path):
     assert stats["bytes"] == 740
     meta = json.loads((tmp_path / "ent" / "entropies.json").read_text())
     assert meta["model"]["dim"] == 32 and meta["corpus"]["bytes"] == 740
+    assert meta["signals"] == ["entropy", "surprisal"]
     loaded = load_entropy_file(tmp_path / "ent", corpus)
-    assert loaded.data.dtype == np.float16 and len(loaded.data) == 740
-    total = 0.0
-    for name in corpus.split_names:
-        want = split_entropies(model, corpus.split(name))  # documents restart at the split cuts
-        got = loaded.split(name)
-        np.testing.assert_allclose(got.data.astype(np.float32), want.data, atol=4e-3)
-        np.testing.assert_allclose(got.eos.astype(np.float32), want.eos, atol=4e-3)
-        total += float(want.data.sum())
-    assert stats["mean_entropy"] == pytest.approx(total / 740, rel=1e-5)
+    totals = {"entropy": 0.0, "surprisal": 0.0}
+    for signal in totals:
+        data, _ = loaded.values[signal]
+        assert data.dtype == np.float16 and len(data) == 740
+        for name in corpus.split_names:
+            want = split_entropies(model, corpus.split(name), signal=signal)  # documents restart at the cuts
+            got = loaded.split(name, signal)
+            np.testing.assert_allclose(got.data.astype(np.float32), want.data, atol=4e-3, rtol=2e-3)
+            np.testing.assert_allclose(got.eos.astype(np.float32), want.eos, atol=4e-3, rtol=2e-3)
+            totals[signal] += float(want.data.sum()) + (float(want.eos.sum()) if signal == "surprisal" else 0.0)
+    assert stats["mean_entropy"] == pytest.approx(totals["entropy"] / 740, rel=1e-5)
+    # surprisals: the bytes' nats, shifted one position on (the last byte's onto the EOS)
+    assert stats["mean_surprisal"] == pytest.approx(totals["surprisal"] / 740, rel=1e-5)
+    docs = [d for name in corpus.split_names for d in corpus.split(name).documents() if len(d)]
+    nats = float(sum(x.sum(dtype=np.float64) for x in byte_lm_scores(model, docs)))
+    assert totals["surprisal"] == pytest.approx(nats, rel=1e-5)
     # the EOS entropies feed the sampler's EOS positions
     split = corpus.split("train")
     assert len(loaded.split("train").eos) == int((np.diff(split.docs) > 0).sum())
+
+
+def test_entropy_file_without_surprisals_asks_to_recompute(entropy_run, corpus_dir, tmp_path):
+    """A file written before surprisals were stored still serves entropies."""
+    run, _ = entropy_run
+    corpus = load_corpus(str(corpus_dir), "60/20/20")
+    write_entropy_file(run, corpus, tmp_path / "ent", progress=False)
+    meta_path = tmp_path / "ent" / "entropies.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["signals"]
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "ent" / "surprisals.f16").unlink()
+    old = load_entropy_file(tmp_path / "ent", corpus)
+    assert len(old.split("train").data) == corpus.split("train").n_bytes
+    with pytest.raises(UserError, match="no surprisal values .* recompute"):
+        old.split("train", "surprisal")
 
 
 def test_entropy_file_refuses_another_corpus(entropy_run, corpus_dir, tmp_path):
@@ -163,8 +187,8 @@ def test_entropy_file_refuses_another_corpus(entropy_run, corpus_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_entropies():
-    """A briefly trained tiny byte LM's entropies over held-out Shakespeare (val split)."""
+def trained_model():
+    """A briefly trained tiny byte LM and 4 documents of held-out Shakespeare (val split)."""
     corpus = load_corpus(str(SHAKESPEARE))
     torch.manual_seed(0)
     model = ByteLM(ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16))
@@ -178,7 +202,14 @@ def trained_entropies():
         opt.step()
     val = corpus.split("val")
     docs = [np.asarray(val.data[i * 3000 : (i + 1) * 3000]) for i in range(4)]
-    return docs, compute_entropies(model.eval(), docs, batch_size=8)
+    return model.eval(), docs
+
+
+@pytest.fixture(scope="module")
+def trained_entropies(trained_model):
+    """The trained model's entropies over the held-out documents."""
+    model, docs = trained_model
+    return docs, compute_entropies(model, docs, batch_size=8)
 
 
 @pytest.mark.parametrize("kind", ["entropy", "relative"])
@@ -190,6 +221,26 @@ def test_calibration_hits_target(trained_entropies, kind, target):
     ids, ent = calibration_rows(docs, ents)  # re-patch independently with the returned threshold
     starts = build_patcher(cfg).starts(ids, ent)
     assert mean_patch_size(starts, ids < 256) == pytest.approx(achieved)
+
+
+@pytest.mark.parametrize("target", [3.0, 4.5, 6.0])
+def test_equal_info_calibration_hits_target(trained_model, target):
+    model, docs = trained_model
+    surprisals = document_signals(model, docs, "surprisal", batch_size=8)
+    cfg, achieved = calibrate_config(PatcherConfig(kind="equal_info", max_patch_length=12), docs, surprisals, target)
+    assert abs(achieved / target - 1) <= 0.03 and cfg.budget > 0
+    ids, ent = calibration_rows(docs, surprisals)
+    starts = build_patcher(cfg).starts(ids, ent)
+    assert mean_patch_size(starts, ids < 256) == pytest.approx(achieved)
+    assert int(patch_lengths(starts).max()) <= 12
+    # equal information: patches hold about equally many nats, far more equally than static patches
+    def information(starts):  # nats of each patch's bytes: position q carries the surprisal of byte q-1
+        patch = starts[0].long().cumsum(0) - 1  # (T+1,)
+        info = torch.zeros(int(starts.sum())).scatter_add_(0, patch[:-1], ent[0, 1:])
+        return info[info > 0]  # BOS patches hold no byte
+
+    static = build_patcher(PatcherConfig(kind="static", patch_size=round(target))).starts(ids, ent)
+    assert information(starts).std() < 0.6 * information(static).std()
 
 
 def test_calibration_with_max_patch_length_and_combined(trained_entropies):

@@ -16,12 +16,13 @@ from blt.models.blt import BLTConfig, ByteLatentTransformer
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.memory import MemoryConfig
 from blt.models.transformer import TransformerConfig
-from blt.patching.entropy import online_entropies, window_starts
+from blt.patching.entropy import online_entropies, online_signal, window_starts
 from blt.patching.patchers import (
     BPEPatcher,
     BytePatcher,
     CombinedEntropyPatcher,
     EntropyPatcher,
+    EqualInfoPatcher,
     RelativeEntropyPatcher,
     SpacePatcher,
     StaticPatcher,
@@ -52,14 +53,16 @@ def entropy_model() -> ByteLM:
     return em.eval()
 
 
-def thresholds(em: ByteLM) -> tuple[float, float]:
-    """theta and theta_r that start a patch at a fair share of the test windows' positions."""
+def thresholds(em: ByteLM) -> tuple[float, float, float]:
+    """theta, theta_r and a surprisal budget that start a patch at a fair share of the test
+    windows' positions."""
     ent = torch.cat([online_entropies(em, w)[0, 2:] for w in windows().values()])
     diffs = torch.cat([online_entropies(em, w)[0].diff()[1:] for w in windows().values()])
-    return float(ent.quantile(0.6)), float(diffs.quantile(0.6))
+    surprisal = torch.cat([online_signal(em, w, "surprisal")[0, 2:] for w in windows().values()])
+    return float(ent.quantile(0.6)), float(diffs.quantile(0.6)), 2.5 * float(surprisal.mean())
 
 
-def make_patcher(name: str, theta: float, theta_r: float):
+def make_patcher(name: str, theta: float, theta_r: float, budget: float):
     return {
         "static": lambda: StaticPatcher(3),
         "byte": lambda: BytePatcher(),
@@ -68,12 +71,15 @@ def make_patcher(name: str, theta: float, theta_r: float):
         "relative": lambda: RelativeEntropyPatcher(theta_r),
         "combined": lambda: CombinedEntropyPatcher(theta, theta_r),
         "bpe": lambda: BPEPatcher(BPE_TOKENS),
+        "equal_info": lambda: EqualInfoPatcher(budget),
+        "equal_info_max_len": lambda: EqualInfoPatcher(0.8 * budget, max_patch_length=3),
         "entropy_max_len": lambda: EntropyPatcher(theta, max_patch_length=2),
         "space_max_len": lambda: SpacePatcher(max_patch_length=2),
     }[name]()
 
 
-PATCHERS = ["static", "byte", "space", "entropy", "relative", "combined", "bpe", "entropy_max_len", "space_max_len"]
+PATCHERS = ["static", "byte", "space", "entropy", "relative", "combined", "bpe", "entropy_max_len", "space_max_len",
+            "equal_info", "equal_info_max_len"]
 
 
 class TargetPatchBLT(ByteLatentTransformer):
@@ -158,7 +164,7 @@ def test_the_check_catches_a_decoder_reading_the_target_patch(patcher_name):
         assert report["early"] > 1e-3, f"the broken decoder went unnoticed on {name}: {report}"
 
 
-@pytest.mark.parametrize("patcher_name", ["static", "space", "entropy", "bpe"])
+@pytest.mark.parametrize("patcher_name", ["static", "space", "entropy", "bpe", "equal_info"])
 def test_no_leak_in_windows_longer_than_the_context(patcher_name):
     """Context 12, windows of ~37: byte levels slide, the latent sees patches starting within
     the last 12 bytes (the scoring path), and still nothing later than p reaches p."""

@@ -10,12 +10,13 @@ from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, ByteLMConfig
-from blt.patching.entropy import online_entropies
+from blt.patching.entropy import online_signal
 from blt.patching.entropy_file import SplitEntropies
 from blt.patching.patchers import (
     BPEPatcher,
     CombinedEntropyPatcher,
     EntropyPatcher,
+    EqualInfoPatcher,
     Patcher,
     PatcherConfig,
     RelativeEntropyPatcher,
@@ -42,9 +43,9 @@ def ref_space_like(i: int) -> bool:
     return not (chr(i).isascii() and chr(i).isalnum()) and not (0x80 <= i <= 0xBF)
 
 
-def ref_starts(kind, ids, ent=None, theta=None, theta_r=None, k=None, L=None, vocab=None):
+def ref_starts(kind, ids, ent=None, theta=None, theta_r=None, k=None, L=None, vocab=None, budget=None):
     """The convention of patchers.py, one position at a time."""
-    out, last, first = [], 0, 0
+    out, last, first, spent = [], 0, 0, 0.0
     for q in range(len(ids)):
         if q <= 1 or ids[q - 1] == BOS_ID:
             first = q  # where static counting starts
@@ -56,6 +57,9 @@ def ref_starts(kind, ids, ent=None, theta=None, theta_r=None, k=None, L=None, vo
             s = ent[q] - ent[q - 1] > theta_r
         elif kind == "entropy_relative":
             s = ent[q] > theta and ent[q] - ent[q - 1] > theta_r
+        elif kind == "equal_info":
+            spent += max(ent[q], 0.0)  # the surprisal of byte q-1 joins the open patch
+            s = spent >= budget
         elif kind == "static":
             s = (q - first) % k == 0
         elif kind == "byte":
@@ -70,13 +74,13 @@ def ref_starts(kind, ids, ent=None, theta=None, theta_r=None, k=None, L=None, vo
         if L is not None and q - last >= L:
             s = True
         if s:
-            last = q
+            last, spent = q, 0.0
         out.append(s)
     return out
 
 
-def make_patcher(kind, theta=None, theta_r=None, k=None, L=None, vocab=None) -> Patcher:
-    cfg = PatcherConfig(kind=kind, theta=theta, theta_r=theta_r, patch_size=k or 4, max_patch_length=L)
+def make_patcher(kind, theta=None, theta_r=None, k=None, L=None, vocab=None, budget=None) -> Patcher:
+    cfg = PatcherConfig(kind=kind, theta=theta, theta_r=theta_r, budget=budget, patch_size=k or 4, max_patch_length=L)
     return build_patcher(cfg, vocab)
 
 
@@ -93,8 +97,9 @@ def random_rows(seed: int, B: int = 4, n: int = 60):
     ids = torch.tensor(rng.choice(pool, size=(B, n)), dtype=torch.long)
     ids[:, 0] = BOS_ID
     ids[1, 0] = ord("x")  # a window that starts mid-document
-    # quarters are exact in float32 and float64, so differences compare the same in both
-    ent = torch.tensor(rng.integers(0, 16, size=(B, n)) / 4, dtype=torch.float32)
+    # quarters are exact in float32 and float64, so differences and sums compare the same in both;
+    # a few negative values: equal_info counts them as 0
+    ent = torch.tensor(rng.integers(-1, 16, size=(B, n)) / 4, dtype=torch.float32)
     return ids, ent
 
 
@@ -102,6 +107,7 @@ CASES = [
     dict(kind="entropy", theta=2.1),
     dict(kind="relative", theta_r=0.6),
     dict(kind="entropy_relative", theta=1.6, theta_r=0.1),
+    dict(kind="equal_info", budget=4.5),
     dict(kind="static", k=3),
     dict(kind="byte"),
     dict(kind="space"),
@@ -119,7 +125,7 @@ def test_rule_matches_reference(case, L):
     got = make_patcher(**case, L=L).starts(ids, ent)
     for r in range(ids.shape[0]):
         want = ref_starts(case["kind"], ids[r].tolist(), ent[r].tolist(), case.get("theta"),
-                          case.get("theta_r"), case.get("k"), L, case.get("vocab"))
+                          case.get("theta_r"), case.get("k"), L, case.get("vocab"), case.get("budget"))
         assert got[r].tolist() == want, f"row {r}"
 
 
@@ -146,6 +152,18 @@ def test_entropy_rules_hand_examples():
     assert segments(ids[0], CombinedEntropyPatcher(2.5, 0.5).starts(ids, ent)[0]) == [b"", b"abc", b"de"]
 
 
+def test_equal_info_hand_example():
+    ids = encode(b"abcde")[None]
+    # surprisals of a, b, c, d: 1, 2, 1, 3 nats, each at the position after its byte
+    surprisal = torch.tensor([[0.0, 0.0, 1.0, 2.0, 1.0, 3.0]])
+    assert segments(ids[0], EqualInfoPatcher(2.5).starts(ids, surprisal)[0]) == [b"", b"ab", b"cd", b"e"]
+    assert segments(ids[0], EqualInfoPatcher(3.5).starts(ids, surprisal)[0]) == [b"", b"abc", b"de"]
+    assert segments(ids[0], EqualInfoPatcher(0.0).starts(ids, surprisal)[0]) == [b"", b"a", b"b", b"c", b"d", b"e"]
+    assert segments(ids[0], EqualInfoPatcher(9.0, max_patch_length=2).starts(ids, surprisal)[0]) == [
+        b"", b"ab", b"cd", b"e"]
+    assert EqualInfoPatcher(1.0).signal == "surprisal" and EqualInfoPatcher(1.0).needs_entropy
+
+
 def test_bpe_causal_rule_hand_example():
     ids = encode(b"abcdab")[None]
     # 'abc' is a token that no longer token extends: the patch closes before 'd', without looking at 'd'
@@ -169,6 +187,8 @@ def test_build_patcher_errors():
         build_patcher(PatcherConfig(kind="entropy"))
     with pytest.raises(UserError, match="theta_r"):
         build_patcher(PatcherConfig(kind="relative", theta=1.0))
+    with pytest.raises(UserError, match="budget"):
+        build_patcher(PatcherConfig(kind="equal_info", theta=1.0))
     with pytest.raises(UserError, match="BPE"):
         build_patcher(PatcherConfig(kind="bpe"))
     with pytest.raises(UserError, match="kind"):
@@ -198,16 +218,16 @@ def entropy_model():
     return model.eval()
 
 
-def perturbed(ids, model, positions):
-    """(j, ids with byte j changed, their entropies) for each j; entropies[:j+1] must not move."""
-    ent = online_entropies(model, ids)
+def perturbed(ids, model, positions, signal="entropy"):
+    """(j, ids with byte j changed, their signal) for each j; the signal's [:j+1] must not move."""
+    ent = online_signal(model, ids, signal)
     out = []
     for j in positions:
         # byte values only: a BOS is by definition a forced start at its own position
         other = ids.clone()
         other[0, j] = (int(ids[0, j]) + 1 + j) % 256 if ids[0, j] < 256 else ord("q")
-        ent2 = online_entropies(model, other)
-        assert torch.equal(ent2[:, : j + 1], ent[:, : j + 1]), f"entropies before {j} moved"
+        ent2 = online_signal(model, other, signal)
+        assert torch.equal(ent2[:, : j + 1], ent[:, : j + 1]), f"{signal} before {j} moved"
         out.append((j, other, ent2))
     return ent, out
 
@@ -230,24 +250,28 @@ def causal_sequences():
 
 
 def patchers_for(ids, model):
-    ent = online_entropies(model, ids)[0, 2:]
+    ent = online_signal(model, ids, "entropy")[0, 2:]
     med = float(ent.median())
+    budget = 3 * float(online_signal(model, ids, "surprisal")[0, 2:].mean())  # about 3 bytes per patch
     vocab = SMALL_VOCAB + [b"First", b"Citizen", b" we ", b"proceed"]
     return [
         EntropyPatcher(med), RelativeEntropyPatcher(0.0), CombinedEntropyPatcher(med, 0.0),
         EntropyPatcher(med, max_patch_length=2), StaticPatcher(3), SpacePatcher(),
         SpacePatcher(max_patch_length=3), BPEPatcher(vocab), BPEPatcher(vocab, max_patch_length=2),
+        EqualInfoPatcher(budget), EqualInfoPatcher(budget, max_patch_length=2),
     ]
 
 
 @pytest.mark.parametrize("which", ["random", "text"])
 def test_every_patcher_is_causal(which, entropy_model):
     ids = causal_sequences()[0 if which == "random" else 1]
-    ent, changes = perturbed(ids, entropy_model, range(1, ids.shape[1], 3))
+    changes = {signal: perturbed(ids, entropy_model, range(1, ids.shape[1], 3), signal)
+               for signal in ("entropy", "surprisal")}
     for patcher in patchers_for(ids, entropy_model):
+        ent, changed = changes[patcher.signal or "entropy"]
         starts = patcher.starts(ids, ent)
         assert 1 < int(starts.sum()) < ids.shape[1], f"{patcher!r} makes no decisions to test"
-        assert causality_violations(patcher, ids, ent, changes) == [], repr(patcher)
+        assert causality_violations(patcher, ids, ent, changed) == [], repr(patcher)
 
 
 class _PeekingPatcher(Patcher):

@@ -29,7 +29,7 @@ def _overrides(tmp: Path) -> list[str]:
     """Run the micro config as it is, but for what this checkout lacks."""
     out = []
     if not HAS_BPE:
-        out.append("cells=[byte,static,space,entropy,relative]")
+        out.append("cells=[byte,static,space,entropy,relative,equal_info]")
     if not (REPO / load_config(StudyConfig, CONFIG).data.corpus).is_file():
         text = b"".join((Path(sysconfig.get_paths()["stdlib"]) / n).read_bytes() for n in ("argparse.py", "csv.py"))
         (tmp / "corpus.txt").write_bytes(text[:60_000])

@@ -1,11 +1,13 @@
-"""`blt entropies ENTROPY_RUN --data CORPUS --out DIR`: precompute next-byte entropies.
+"""`blt entropies ENTROPY_RUN --data CORPUS --out DIR`: precompute next-byte entropies and surprisals.
 
 ENTROPY_RUN is an ordinary byte-level run (`blt train` with model_kind byte), typically with a
 sliding window. Every byte of every split document of the corpus gets the entropy of the
-model's distribution predicting it (see `blt.patching.entropy`); the result is a float16 file
-aligned with the corpus bytes, which BLT training reads to patch on the fly. The splits must be
-the ones the BLT run will use (--splits, default auto). A progress bar goes to stderr; stdout
-gets one JSON line: {"bytes", "mean_entropy", "seconds", "out", "corpus", "entropy_run"}.
+model's distribution predicting it and the surprisal of the byte before it (see
+`blt.patching.entropy`); the result is float16 files aligned with the corpus bytes, which BLT
+training reads to patch on the fly. The splits must be the ones the BLT run will use (--splits,
+default auto). A progress bar goes to stderr; stdout gets one JSON line: {"bytes",
+"mean_entropy", "mean_surprisal", "seconds", "out", "corpus", "entropy_run"} (mean_surprisal:
+the model's nats per byte on the corpus).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def configure(p):
     p.add_argument("--data-dir", help="where pre-downloaded corpora (enwik8) live")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_device_arg(p)
+    add_device_arg(p, dtype=False)
     p.set_defaults(func=run)
 
 

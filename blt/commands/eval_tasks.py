@@ -21,7 +21,7 @@ def configure(p):
     p.add_argument("--tasks", nargs="+", default=[SUITE], help=f"tasks or tags of the local suite (default {SUITE})")
     p.add_argument("--limit", type=float, help="the first N items of each task (a fraction if below 1)")
     p.add_argument("--batch-size", type=int, default=16, help="documents (or prompts) per forward pass")
-    add_device_arg(p)
+    add_device_arg(p, dtype=False)
     p.set_defaults(func=run)
 
 

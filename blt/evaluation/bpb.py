@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from blt.data.corpus import ByteSplit
-from blt.evaluation.entropies import compute_entropies
+from blt.evaluation.scorer import document_signals
 from blt.patching.calibration import calibration_rows
 from blt.patching.patchers import mean_patch_size
 
@@ -55,13 +55,13 @@ def evaluate_split(scores: ByteScores, split: ByteSplit, max_bytes: int | None =
 def patch_statistics(model, docs: list[np.ndarray]) -> dict:
     """How a BLT's own patcher cuts these documents: {'mean_patch_size', 'bytes'}.
 
-    Each document is patched whole, from its BOS, with entropies from the model's entropy
-    model (as in training), so the figure is the patcher's, not an artefact of eval windows.
-    Mean patch size = real bytes / patches holding them.
+    Each document is patched whole, from its BOS, with the patcher's signal from the model's
+    entropy model (as in training), so the figure is the patcher's, not an artefact of eval
+    windows. Mean patch size = real bytes / patches holding them.
     """
     patcher = model.patcher
     if patcher.needs_entropy:
-        ents = compute_entropies(model.entropy_model, docs)
+        ents = document_signals(model.entropy_model, docs, patcher.signal)
     else:
         ents = [np.zeros(len(d), dtype=np.float32) for d in docs]
     ids, ent = calibration_rows(docs, ents)  # (1, N) each

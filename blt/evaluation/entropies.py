@@ -1,13 +1,15 @@
-"""Next-byte entropies of whole documents, splits and corpora, with the windowed scorer.
+"""Next-byte entropies (and surprisals) of whole documents, splits and corpora, with the windowed scorer.
 
 - `compute_entropies(model, docs)`: every byte of every document and its EOS, each document run
   from BOS (the context resets at document boundaries), under the model's sliding window
   (`scorer.byte_lm_scores`): batched, with per-row positions and masks, so a row's values are
   the same whether it is computed alone or beside other rows. (The reference implementation
-  flattened batches and leaked bytes across rows; this one cannot.)
-- `split_entropies(model, split)`: the same, gathered into a split's SplitEntropies.
+  flattened batches and leaked bytes across rows; this one cannot.) `scorer.document_signals`
+  gives either signal in the same form.
+- `split_entropies(model, split, signal)`: the same, gathered into a split's SplitEntropies.
 - `write_entropy_file(model, corpus, out_dir, provenance)`: every split of a corpus into an
-  entropy file (blt.patching.entropy_file), streamed job by job into its memory map.
+  entropy file (blt.patching.entropy_file), both signals from one pass, streamed job by job
+  into its memory maps.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from blt.data.corpus import ByteSplit, Corpus
-from blt.evaluation.scorer import byte_lm_scores, iter_byte_lm
+from blt.evaluation.scorer import byte_lm_scores, document_signals, iter_byte_lm
+from blt.patching.entropy import SIGNALS
 from blt.patching.entropy_file import EntropyFileWriter, SplitEntropies, corpus_fingerprint
 
 
@@ -31,13 +34,14 @@ def compute_entropies(model, docs: list, batch_size: int = 16, chunk: int | None
     return byte_lm_scores(model, docs, batch_size, "entropy", eos=True, chunk=chunk)
 
 
-def split_entropies(model, split: ByteSplit, batch_size: int = 16) -> SplitEntropies:
-    """compute_entropies over a split's documents, gathered into a SplitEntropies (float32)."""
+def split_entropies(model, split: ByteSplit, batch_size: int = 16, signal: str = "entropy") -> SplitEntropies:
+    """A signal over a split's documents (document_signals), gathered into a SplitEntropies
+    (float32)."""
     data = np.zeros(split.n_bytes, dtype=np.float32)
     eos = []
     docs = [d for d in split.documents() if len(d)]
     starts = [int(a) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
-    for start, ent in zip(starts, compute_entropies(model, docs, batch_size)):
+    for start, ent in zip(starts, document_signals(model, docs, signal, batch_size)):
         data[start : start + len(ent) - 1] = ent[:-1]
         eos.append(ent[-1])
     return SplitEntropies(data, np.asarray(eos, dtype=np.float32))
@@ -45,42 +49,57 @@ def split_entropies(model, split: ByteSplit, batch_size: int = 16) -> SplitEntro
 
 def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_size: int = 16,
                        progress: bool = True) -> dict:
-    """Compute the entropies of every split of a corpus into out_dir; return the stats.
+    """Compute both signals of every split of a corpus into out_dir; return the stats.
     provenance (the entropy run, its checkpoint and config) goes into entropies.json."""
     was_training = model.training
     model.eval()
-    eos_all, eos_ranges = [], {}
-    total, n_done = 0.0, 0
+    eos_all = {signal: [] for signal in SIGNALS}
+    eos_ranges = {}
+    totals, n_done = np.zeros(2), 0  # nats of entropy and of surprisal over the bytes
     t0 = time.time()
     bar = tqdm(total=len(corpus.data), unit="B", unit_scale=True, desc="entropies",
                disable=not progress or not sys.stderr.isatty())
     with EntropyFileWriter(out_dir, len(corpus.data)) as writer:
+        ent_data, sur_data = writer.data["entropy"], writer.data["surprisal"]
         for name in corpus.split_names:
             lo, _ = corpus.split_range(name)
             split = corpus.split(name)
             keep = [(int(a), int(b)) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
             docs = [split.data[a:b] for a, b in keep]
-            eos = np.zeros(len(docs), dtype=np.float32)
-            for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy", eos=True):
-                n = len(docs[d])
-                n_bytes = min(len(values), n - c)  # the EOS value, if any, is the last one
+            eos = {signal: np.zeros(len(docs), dtype=np.float32) for signal in SIGNALS}
+            for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy_nats", eos=True):
+                ent, nats = values[:, 0], values[:, 1]
+                # predictions c .. c+k-1 of document d: of its bytes, the last one of its EOS
+                n, k = len(docs[d]), len(ent)
+                n_bytes = min(k, n - c)
                 at = lo + keep[d][0] + c
-                writer.data[at : at + n_bytes] = values[:n_bytes]
-                if c + len(values) > n:
-                    eos[d] = values[-1]
-                total += float(values[:n_bytes].sum(dtype=np.float64))
+                ent_data[at : at + n_bytes] = ent[:n_bytes]
+                if c + k > n:
+                    eos["entropy"][d] = ent[-1]
+                # the surprisal of byte c + i is the signal at the next position: byte c + i + 1, or the EOS
+                inside = min(n_bytes, n - c - 1)
+                sur_data[at + 1 : at + 1 + inside] = nats[:inside]
+                if n_bytes and c + n_bytes == n:
+                    eos["surprisal"][d] = nats[n_bytes - 1]
+                totals += [float(ent[:n_bytes].sum(dtype=np.float64)), float(nats[:n_bytes].sum(dtype=np.float64))]
                 n_done += n_bytes
                 bar.update(n_bytes)
-            eos_ranges[name] = [len(eos_all), len(eos_all) + len(eos)]
-            eos_all.extend(eos.tolist())
+            eos_ranges[name] = [len(eos_all["entropy"]), len(eos_all["entropy"]) + len(docs)]
+            for signal in SIGNALS:
+                eos_all[signal].extend(eos[signal].tolist())
         bar.close()
         model.train(was_training)
-        stats = {"bytes": n_done, "mean_entropy": total / max(n_done, 1), "seconds": round(time.time() - t0, 3)}
+        mean_entropy, mean_surprisal = totals / max(n_done, 1)
+        stats = {"bytes": n_done, "mean_entropy": mean_entropy, "mean_surprisal": mean_surprisal,
+                 "seconds": round(time.time() - t0, 3)}
         meta = {
             "corpus": corpus_fingerprint(corpus),
             "corpus_name": corpus.name,
             **provenance,
-            "alignment": "ent[b] = entropy (nats) of the distribution predicting byte b from BOS and earlier bytes",
+            "alignment": {
+                "entropy": "value at byte b = entropy (nats) of the distribution predicting b from BOS and earlier bytes",
+                "surprisal": "value at byte b = surprisal (nats) of the byte before b in its document, 0 at its first byte",
+            },
             "eos_ranges": eos_ranges,
             "stats": stats,
         }

@@ -13,13 +13,15 @@ layer, the most the model saw in training. The same rule holds for every kind:
   covers (zeros on its other bytes), so a document's sum is its token NLL;
 - BLT: span = context bytes: its byte levels slide with min(window, context) and its latent sees
   the patches starting within the last `context` bytes (models/latent.py). Patch starts of a
-  job come from the job's own window, as training cuts them, with entropies computed over the
-  whole document first (the entropy model slides over the document like a byte LM).
+  job come from the job's own window, as training cuts them, with the patcher's signal
+  computed over the whole document first (`document_signals`: the entropy model slides over
+  the document like a byte LM).
 Rows of a batch carry their own positions (-1 = padding) and masks, so a document's values never
 depend on what else is in the batch, and documents are read slice by slice (memory maps stay on
 disk). Values (`what`): 'nats' = -log p(target), 'entropy' = entropy (nats) of the predicting
 distribution, 'nats_greedy' = two columns, nats and 1.0 where the target was the distribution's
-argmax (what greedy decoding would have chosen; the harness's is_greedy).
+argmax (what greedy decoding would have chosen; the harness's is_greedy), 'entropy_nats' = two
+columns, the entropy and the nats (an entropy file stores both).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from blt.patching.entropy import entropy, window_starts
 from blt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 CHUNK_CONTEXTS = 4  # positions kept per job, in multiples of the model's context
-VALUE_SHAPES = {"nats": (), "entropy": (), "nats_greedy": (2,)}  # per-position value shape of each `what`
+# per-position value shape of each `what`
+VALUE_SHAPES = {"nats": (), "entropy": (), "nats_greedy": (2,), "entropy_nats": (2,)}
 
 # forward(ids (B, L), targets (B, L), positions (B, L), jobs) -> logits (B, L, V)
 WindowForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list], torch.Tensor]
@@ -53,12 +56,12 @@ def plan_jobs(lengths: list[int], span: int, chunk: int) -> list[tuple[int, int,
 
 
 def iter_windows(
-    seqs: list, forward: WindowForward, span: int, chunk: int, batch_size: int = 16, what: str = "nats",
+    seqs: list, forward: WindowForward, span: int, chunk: int, batch_size: int = 16, what: str | tuple = "nats",
     eos: bool = False, ids: tuple[int, int, int] = (BOS_ID, EOS_ID, PAD_ID), device=None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (sequence index, first position, float32 values) for every prediction of every
     sequence (see the module docstring). seqs: int arrays without BOS/EOS; ids: the model's
-    (BOS, EOS, PAD) ids; values: (n,) or (n, 2) for what='nats_greedy'."""
+    (BOS, EOS, PAD) ids; values: (n,), or (n, 2) for the two-column `what`s."""
     if what not in VALUE_SHAPES:
         raise ValueError(f"what must be one of {', '.join(VALUE_SHAPES)}, got {what!r}")
     bos, eos_id, pad = ids
@@ -84,13 +87,15 @@ def iter_windows(
         inputs, targets, positions = inputs.to(device), targets.to(device), positions.to(device)
         with torch.no_grad():
             logits = forward(inputs, targets, positions, group)  # (B, L, V)
-            if what == "entropy":
+            nats = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
+            if what == "nats":
+                values = nats
+            elif what == "entropy":
                 values = entropy(logits)  # (B, L)
+            elif what == "nats_greedy":
+                values = torch.stack([nats, (logits.argmax(-1) == targets).float()], dim=-1)  # (B, L, 2)
             else:
-                values = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, L)
-            if what == "nats_greedy":
-                greedy = (logits.argmax(-1) == targets).float()  # (B, L)
-                values = torch.stack([values, greedy], dim=-1)  # (B, L, 2)
+                values = torch.stack([entropy(logits), nats], dim=-1)  # (B, L, 2)
         values = values.cpu()
         for r, (d, s, first, e) in enumerate(group):
             yield d, first, values[r, first - s : e - s].numpy()
@@ -168,6 +173,19 @@ def token_lm_scores(model, docs: list, batch_size: int = 16, what: str = "nats",
     return out
 
 
+def document_signals(model, docs: list, signal: str, batch_size: int = 16) -> list:
+    """An entropy model's signal (blt.patching.entropy) at every position of each document
+    after its BOS: float32 arrays of len(doc) + 1, entry i < len(doc) at byte i, the last at the
+    document's EOS (the form `calibration_rows` and the entropy file take).
+    'entropy': the entropy predicting that position; 'surprisal': the surprisal of the byte
+    before it (0 for the first byte)."""
+    if signal == "entropy":
+        return byte_lm_scores(model, docs, batch_size, "entropy", eos=True)
+    if signal == "surprisal":
+        return [np.concatenate([[0.0], nats]).astype(np.float32) for nats in byte_lm_scores(model, docs, batch_size)]
+    raise ValueError(f"unknown signal {signal!r}")
+
+
 @_in_eval_mode
 def blt_scores(model, docs: list, batch_size: int = 16, what: str = "nats", chunk: int | None = None) -> list:
     """Per-byte values (nats by default) of a ByteLatentTransformer with its attached patcher."""
@@ -177,8 +195,8 @@ def blt_scores(model, docs: list, batch_size: int = 16, what: str = "nats", chun
     device = _device(model)
     seq_ents = None
     if model.patcher.needs_entropy:
-        # entry q is the entropy of sequence position q (0 at BOS): the alignment of patchers
-        doc_ents = byte_lm_scores(model.entropy_model, docs, batch_size, "entropy", eos=True)
+        # entry q is the signal at sequence position q (0 at BOS): the alignment of patchers
+        doc_ents = document_signals(model.entropy_model, docs, model.patcher.signal, batch_size)
         seq_ents = [np.concatenate([[0.0], e]).astype(np.float32) for e in doc_ents]
 
     def forward(ids, targets, positions, jobs):

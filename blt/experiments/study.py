@@ -9,10 +9,12 @@ CELLS. For every budget (training FLOPs, blt.evaluation.flops' 3 x forward conve
     space     BLT with space patches (SpaceByte)
     entropy   BLT with global-threshold entropy patches, calibrated to patch_size
     relative  BLT with relative-threshold entropy patches, calibrated to patch_size
+    equal_info BLT with equal-information patches (a patch closes once its bytes' surprisal
+              reaches a budget), the budget calibrated to patch_size
 from ONE config: the byte and BPE transformers and the BLT's latent share the `model` width,
 depth and heads; every cell sees windows of `model.context` bytes (the BPE model its token
 equivalent), the same corpus, batch size, optimizer and seed; nothing is tuned per cell.
-The entropy patchers share one entropy model (<out>/entropy), trained once; its training
+The entropy and equal_info patchers share one entropy model (<out>/entropy), trained once; its training
 cost is reported on its own, its inference cost in the cells' FLOPs per byte with entropy.
 
 STEPS. A cell's steps = round(budget / training FLOPs per step), the per-step cost computed
@@ -67,9 +69,9 @@ from blt.train import loop
 from blt.train.metrics import read_metrics
 from blt.vocab import is_byte
 
-CELLS = ("byte", "bpe", "static", "space", "entropy", "relative")
-BLT_CELLS = ("static", "space", "entropy", "relative")
-ENTROPY_CELLS = ("entropy", "relative")
+CELLS = ("byte", "bpe", "static", "space", "entropy", "relative", "equal_info")
+BLT_CELLS = ("static", "space", "entropy", "relative", "equal_info")
+ENTROPY_CELLS = ("entropy", "relative", "equal_info")  # the cells that read the shared entropy model
 RESULT_FILE = "result.json"
 LOG_FILE = "study.log"  # what a cell's setup, training and evaluation print
 LOOP_EVAL_BYTES = 4096  # the training loop's own final evaluation, kept cheap: the study scores cells itself
@@ -369,6 +371,8 @@ def evaluate_cell(study: StudyConfig, run_dir: Path, pairs) -> dict:
     for key in ("patcher", "theta", "theta_r"):
         if ev.get(key) is not None:
             out[key] = ev[key]
+    if ev.get("budget") is not None:  # "budget" is the cell's FLOP budget here
+        out["surprisal_budget"] = ev["budget"]
     if rob is not None:
         out.update(clean_pair_bpb=rob["clean_bpb"], noise_pairs=rob["pairs"], noise_bytes=rob["bytes"],
                    noise={k: v["increase"] for k, v in rob["kinds"].items()},

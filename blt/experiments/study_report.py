@@ -23,7 +23,7 @@ COLUMNS = (
     "flops_per_byte_with_entropy", "bytes_per_patch", "train_bytes_per_patch", "params", "train_seconds",
     "eval_seconds", "clean_pair_bpb",
 )
-MARKERS = {"byte": "o", "bpe": "s", "static": "^", "space": "v", "entropy": "D", "relative": "P"}
+MARKERS = {"byte": "o", "bpe": "s", "static": "^", "space": "v", "entropy": "D", "relative": "P", "equal_info": "X"}
 
 
 def _noise_kinds(results: list[dict]) -> list[str]:

@@ -4,7 +4,9 @@
 
 `IncrementalBLT` holds the state of B rows and consumes one id per row per step. Feeding the
 id at input position p:
-  1. entropy model: one cached step gives entropies[p+1] (skipped for patchers without entropy);
+  1. entropy model: one cached step gives the patcher's signal at p+1, entropies[p+1] (the
+     entropy predicting p+1, or the surprisal of byte p under the previous step's prediction;
+     skipped for patchers without a signal);
   2. local encoder: hash n-grams from the last max(n) ids, one cached step of its blocks gives
      the byte state of p, appended to the row's open patch;
   3. patcher: `patcher.starts` runs on the row's history ids[0..p] + a PAD placeholder at p+1
@@ -44,7 +46,7 @@ from blt.inference.rows import FIRST_COLUMNS, OnBytes, grow_columns, run_rows
 from blt.models.cached_stack import CachedStack
 from blt.models.hash_ngram import MISSING
 from blt.models.latent import patch_start_positions
-from blt.patching.entropy import entropy, prediction_entropies
+from blt.patching.entropy import next_signal, position_signal
 from blt.vocab import PAD_ID
 
 PREFILL_MAX = 2048  # prompt positions run in one pass (its masks are (B, 1, T, T)); the rest step
@@ -70,6 +72,7 @@ class IncrementalBLT:
         if self.uses_entropy:
             em = model.entropy_model
             self.ent_stack = CachedStack(em.stack, batch, em.cfg.span, max_positions)
+        self.em_logits = None  # (B, V) the entropy model's prediction of position p (surprisals read it)
         self.enc_stack = CachedStack(enc.stack, batch, enc.byte_span, max_positions)
         # a latent query sees patches starting fewer than C bytes before it: never more than C
         self.lat_stack = CachedStack(model.latent.stack, batch, min(model.latent.span, C), max_positions,
@@ -151,7 +154,8 @@ class IncrementalBLT:
         pos = torch.arange(m, device=x.device).expand(B, m)
         if self.uses_entropy:
             logits = model.entropy_model(x, positions=pos, cache=self.ent_stack.prefill(pos))  # (B, m, V)
-            self.ent[:, 1 : m + 1] = prediction_entropies(logits)[:, 1:]
+            self.ent[:, 1 : m + 1] = position_signal(self.patcher.signal, logits, self.ids[:, : m + 1])[:, 1:]
+            self.em_logits = logits[:, -1]
         e, pool_states = enc.byte_states(x, pos, self.enc_stack.prefill(pos))  # (B, m, De), [(B, m, De)]
         self.recent = torch.nn.functional.pad(x, (self.recent.shape[1], 0), value=MISSING)[:, -self.recent.shape[1]:]
         ent = self.ent[:, : m + 1] if self.uses_entropy else None
@@ -190,7 +194,9 @@ class IncrementalBLT:
         self.ids[:, p] = x
         if self.uses_entropy:
             em = self.model.entropy_model
-            self.ent[:, p + 1] = entropy(em.head(self.ent_stack.step(em.embed(x))))
+            logits = em.head(self.ent_stack.step(em.embed(x)))  # (B, V): predicts p+1
+            self.ent[:, p + 1] = next_signal(self.patcher.signal, self.em_logits, x, logits)
+            self.em_logits = logits
         self.recent = torch.cat([self.recent[:, 1:], x[:, None]], dim=1)  # (B, max_n), newest last
         enc = self.model.encoder
         layers = []

@@ -1,10 +1,12 @@
-"""Pick an entropy threshold for a target mean patch size, on held-out data.
+"""Pick an entropy threshold (or a surprisal budget) for a target mean patch size, on held-out data.
 
 Mean patch size = (number of real bytes) / (number of patches they form): BOS, EOS and PAD
 are not bytes, and a patch holding none of the real bytes does not count. For the global
 rule the size grows monotonically with theta (fewer positions clear a higher bar), for the
 relative rule with theta_r, and with max_patch_length too (merging two patches never adds
-splits), so bisection on the threshold finds it. The size is a step function of the threshold
+splits). For the equal-information rule it grows with the budget: where a patch closes is a
+non-decreasing function of where it opened and of the budget, so a larger budget puts every
+k-th start at or after where it was. Bisection on the threshold finds it. The size is a step function of the threshold
 (one step per distinct entropy value), so the search stops within `tol` (1%) of the target
 when it can and otherwise returns the closest size it met.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from blt.errors import UserError
-from blt.patching.patchers import ENTROPY_KINDS, PatcherConfig, build_patcher, mean_patch_size
+from blt.patching.patchers import CALIBRATED, PatcherConfig, build_patcher, mean_patch_size
 from blt.vocab import BOS_ID, EOS_ID
 
 
@@ -49,26 +51,31 @@ def calibrate_threshold(
     tol: float = 0.01,
     max_iter: int = 100,
 ) -> tuple[float, float]:
-    """(threshold, achieved mean patch size) for entropies/ids (B, T+1) of held-out documents.
+    """(threshold, achieved mean patch size) for entropies/ids (B, T+1) of held-out documents
+    (entropies: the kind's signal, blt.patching.entropy).
 
     kind 'entropy' searches theta, 'relative' searches theta_r, 'entropy_relative' searches
-    theta with theta_r held at the given value.
+    theta with theta_r held at the given value, 'equal_info' searches the surprisal budget.
     """
-    if kind not in ENTROPY_KINDS:
-        raise UserError(f"only entropy patchers have a threshold to calibrate, not '{kind}'")
+    if kind not in CALIBRATED:
+        raise UserError(f"only entropy and equal_info patchers have a threshold to calibrate, not '{kind}'")
     if kind == "entropy_relative" and theta_r is None:
         raise UserError("calibrating 'entropy_relative' searches theta and needs theta_r set")
     real = ids < 256
     if not bool(real.any()):
         raise UserError("calibration needs at least one held-out byte")
-    score = entropies if kind != "relative" else entropies[:, 1:] - entropies[:, :-1]
+    # thresholds below lo start a patch wherever the rule can, above hi nowhere
+    if kind == "equal_info":
+        lo, hi = -1.0, float(entropies.double().clamp(min=0).sum()) + 1.0
+    else:
+        score = entropies if kind != "relative" else entropies[:, 1:] - entropies[:, :-1]
+        lo, hi = float(score.min()) - 1.0, float(score.max()) + 1.0
 
     def size(value: float) -> float:
-        threshold = {"theta_r": value} if kind == "relative" else {"theta": value, "theta_r": theta_r}
-        cfg = PatcherConfig(kind=kind, max_patch_length=max_patch_length, **threshold)
+        fields = {"theta_r": theta_r, CALIBRATED[kind]: value}  # the searched field wins
+        cfg = PatcherConfig(kind=kind, max_patch_length=max_patch_length, **fields)
         return mean_patch_size(build_patcher(cfg).starts(ids, entropies), real)
 
-    lo, hi = float(score.min()) - 1.0, float(score.max()) + 1.0
     size_lo, size_hi = size(lo), size(hi)
     if not size_lo <= target_mean <= size_hi:
         raise UserError(
@@ -96,11 +103,11 @@ def calibrate_config(
     cfg: PatcherConfig, docs: list, doc_entropies: list, target_mean: float | None = None, bpe_vocab=None
 ) -> tuple[PatcherConfig, float]:
     """cfg with its searched threshold set for target_mean (default cfg.target_patch_size), and
-    the achieved mean patch size. Non-entropy patchers come back unchanged with their size."""
+    the achieved mean patch size; doc_entropies hold the kind's signal. Patchers without a
+    threshold come back unchanged with their size."""
     target = cfg.target_patch_size if target_mean is None else target_mean
     ids, ent = calibration_rows(docs, doc_entropies)
-    if cfg.kind not in ENTROPY_KINDS:
+    if cfg.kind not in CALIBRATED:
         return cfg, mean_patch_size(build_patcher(cfg, bpe_vocab).starts(ids, ent), ids < 256)
     value, achieved = calibrate_threshold(cfg.kind, ent, ids, target, cfg.max_patch_length, cfg.theta_r)
-    field = "theta_r" if cfg.kind == "relative" else "theta"
-    return dataclasses.replace(cfg, **{field: value}), achieved
+    return dataclasses.replace(cfg, **{CALIBRATED[cfg.kind]: value}), achieved

@@ -1,17 +1,24 @@
-"""The entropy file: a corpus's next-byte entropies, stored once, read by BLT training.
+"""The entropy file: a corpus's per-byte entropy-model signals, stored once, read by BLT training.
 
-A directory holding
-    entropies.f16      float16 (N,) aligned with the corpus bytes: ent[b] predicts byte b
-    entropies_eos.f16  float16 (D,) the entropy predicting each document's EOS
-    entropies.json     corpus fingerprint, entropy run, model config, stats
+A directory holding, for each signal (blt.patching.entropy: 'entropy' and 'surprisal'),
+    entropies.f16 / surprisals.f16          float16 (N,) aligned with the corpus bytes: the
+                                            signal at byte b's position (the entropy predicting
+                                            b; the surprisal of the byte before b in its
+                                            document, 0 for a document's first byte)
+    entropies_eos.f16 / surprisals_eos.f16  float16 (D,) the signal at each document's EOS
+    entropies.json                          corpus fingerprint, entropy run, model config,
+                                            stats, the signals held
 Documents are those of each split (a document cut by a split boundary restarts at the cut,
 exactly as the training stream lays it out), so the corpus's split fractions are part of the
-fingerprint. The EOS entropies are stored because the sampler must give an EOS position the
+fingerprint. The EOS values are stored because the sampler must give an EOS position the
 value the entropy model would give online: a 0 there would let starts[q] depend on ids[q].
-The values are computed by blt.evaluation.entropies; this module only writes and reads them.
-Data files are written under temporary names and renamed; entropies.json goes last, so a
-directory with entropies.json always holds complete data. The data file's disk space is taken
-before it is filled, and the temporaries are removed on any error or Ctrl-C.
+Both signals come from one pass of the entropy model; a file written before surprisals were
+stored holds entropies only (its entropies.json lists no signals), and asking it for
+surprisals says to recompute it. The values are computed by blt.evaluation.entropies; this
+module only writes and reads them. Data files are written under temporary names and renamed;
+entropies.json goes last, so a directory with entropies.json always holds complete data. The
+data files' disk space is taken before they are filled, and the temporaries are removed on any
+error or Ctrl-C.
 """
 from __future__ import annotations
 
@@ -29,12 +36,17 @@ from blt.files import (
     atomic_write_text, make_directory, read_errors, read_json, remove_quietly, temporary_name, write_errors,
 )
 
-DATA_FILE, EOS_FILE, META_FILE = "entropies.f16", "entropies_eos.f16", "entropies.json"
+META_FILE = "entropies.json"
+FILES = {  # signal (blt.patching.entropy.SIGNALS) -> (per-byte file, per-document EOS file)
+    "entropy": ("entropies.f16", "entropies_eos.f16"),
+    "surprisal": ("surprisals.f16", "surprisals_eos.f16"),
+}
 
 
 @dataclass
 class SplitEntropies:
-    """A split's entropies: `data` aligned with split.data, `eos` one per non-empty document."""
+    """A split's values of one signal: `data` aligned with split.data, `eos` one per non-empty
+    document."""
 
     data: np.ndarray  # (n,) float16 or float32
     eos: np.ndarray  # (D,) in document order, empty documents skipped (as VirtualStream does)
@@ -47,29 +59,32 @@ def corpus_fingerprint(corpus: Corpus) -> dict:
 
 
 class EntropyFileWriter:
-    """Fill `data` (a float16 memmap of N values) and hand the EOS values to `finish`. Used as a
-    context manager: if its block raises (Ctrl-C included), the temporaries are removed."""
+    """Fill `data[signal]` (float16 memmaps of N values, zeros to start with) for every signal
+    and hand the EOS values to `finish`. Used as a context manager: if its block raises (Ctrl-C
+    included), the temporaries are removed."""
 
     def __init__(self, out_dir, n_bytes: int):
         self.out_dir = make_directory(out_dir)
-        self.tmp_data = temporary_name(self.out_dir / DATA_FILE)
-        self.tmp_eos = temporary_name(self.out_dir / EOS_FILE)
+        self.tmp = {signal: temporary_name(self.out_dir / data_file) for signal, (data_file, _) in FILES.items()}
+        self.data = {}
         try:
-            with write_errors(self.out_dir / DATA_FILE):
-                with open(self.tmp_data, "wb") as f:
-                    if hasattr(os, "posix_fallocate"):  # the disk space up front: a full disk fails here,
-                        os.posix_fallocate(f.fileno(), 0, 2 * n_bytes)  # not as SIGBUS in the memory map
-                    else:
-                        f.truncate(2 * n_bytes)
-                self.data = np.memmap(self.tmp_data, dtype=np.float16, mode="r+", shape=(n_bytes,))
+            for signal, tmp in self.tmp.items():
+                with write_errors(self.out_dir / FILES[signal][0]):
+                    with open(tmp, "wb") as f:
+                        if hasattr(os, "posix_fallocate"):  # the disk space up front: a full disk fails here,
+                            os.posix_fallocate(f.fileno(), 0, 2 * n_bytes)  # not as SIGBUS in the memory map
+                        else:
+                            f.truncate(2 * n_bytes)
+                    self.data[signal] = np.memmap(tmp, dtype=np.float16, mode="r+", shape=(n_bytes,))
         except BaseException:
             self._remove_temporaries()
             raise
 
     def _remove_temporaries(self) -> None:
-        self.data = None  # the memory map lets go of its file
-        remove_quietly(self.tmp_data)
-        remove_quietly(self.tmp_eos)
+        self.data = {}  # the memory maps let go of their files
+        for signal, (_, eos_file) in FILES.items():
+            remove_quietly(self.tmp[signal])
+            remove_quietly(temporary_name(self.out_dir / eos_file))
 
     def __enter__(self) -> "EntropyFileWriter":
         return self
@@ -79,29 +94,42 @@ class EntropyFileWriter:
             self._remove_temporaries()
         return False
 
-    def finish(self, eos: list[float], meta: dict) -> None:
-        """Make the file complete: data, EOS values, then entropies.json (with `meta`)."""
-        with write_errors(self.out_dir / DATA_FILE):
-            self.data.flush()
-            self.data = None
-            np.asarray(eos, dtype=np.float16).tofile(self.tmp_eos)
-            (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
-            os.replace(self.tmp_data, self.out_dir / DATA_FILE)
-            os.replace(self.tmp_eos, self.out_dir / EOS_FILE)
-        atomic_write_text(self.out_dir / META_FILE, json.dumps(meta, indent=1))
+    def finish(self, eos: dict[str, list[float]], meta: dict) -> None:
+        """Make the file complete: data, EOS values (per signal), then entropies.json (with `meta`)."""
+        (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
+        for signal, (data_file, eos_file) in FILES.items():
+            with write_errors(self.out_dir / data_file):
+                self.data.pop(signal).flush()
+                tmp_eos = temporary_name(self.out_dir / eos_file)
+                np.asarray(eos[signal], dtype=np.float16).tofile(tmp_eos)
+                os.replace(self.tmp[signal], self.out_dir / data_file)
+                os.replace(tmp_eos, self.out_dir / eos_file)
+        atomic_write_text(self.out_dir / META_FILE, json.dumps({**meta, "signals": list(FILES)}, indent=1))
 
 
 @dataclass
 class EntropyFile:
-    data: np.ndarray  # (N,) float16 memmap aligned with corpus.data
-    eos: np.ndarray  # (D_all,) float16, the splits' documents in order
+    values: dict[str, tuple[np.ndarray, np.ndarray]]  # signal -> (N,) float16 memmap, (D_all,) EOS values
     meta: dict
     corpus: Corpus
 
-    def split(self, name: str) -> SplitEntropies:
+    def split(self, name: str, signal: str = "entropy") -> SplitEntropies:
+        if signal not in self.values:
+            raise UserError(f"the entropy file in {self.meta['dir']} holds no {signal} values (it was written "
+                            "before they were stored); delete it and recompute it with `blt entropies`")
+        data, eos = self.values[signal]
         lo, hi = self.corpus.split_range(name)
         a, b = self.meta["eos_ranges"][name]
-        return SplitEntropies(self.data[lo:hi], self.eos[a:b])
+        return SplitEntropies(data[lo:hi], eos[a:b])
+
+
+def stored_signals(out_dir) -> tuple[str, ...]:
+    """The signals an entropy directory holds (none without its entropies.json)."""
+    meta_path = Path(out_dir) / META_FILE
+    if not meta_path.is_file():
+        return ()
+    meta = read_json(meta_path)
+    return tuple(meta.get("signals", ["entropy"])) if isinstance(meta, dict) else ()
 
 
 def load_entropy_file(out_dir, corpus: Corpus) -> EntropyFile:
@@ -119,11 +147,16 @@ def load_entropy_file(out_dir, corpus: Corpus) -> EntropyFile:
             f"({meta.get('corpus_name')}); recompute them with `blt entropies`"
         )
     N = len(corpus.data)
-    with read_errors(out_dir / DATA_FILE):
-        data = np.memmap(out_dir / DATA_FILE, dtype=np.float16, mode="r")
-        eos = np.fromfile(out_dir / EOS_FILE, dtype=np.float16)
-    if len(data) != N or len(eos) != max((b for _, b in meta["eos_ranges"].values()), default=-1):
-        raise UserError(
-            f"the entropy files in {out_dir} do not match the corpus size; recompute them with `blt entropies`"
-        )
-    return EntropyFile(data, eos, meta, corpus)
+    n_docs = max((b for _, b in meta["eos_ranges"].values()), default=-1)
+    values = {}
+    for signal in stored_signals(out_dir):
+        data_file, eos_file = FILES[signal]
+        with read_errors(out_dir / data_file):
+            data = np.memmap(out_dir / data_file, dtype=np.float16, mode="r")
+            eos = np.fromfile(out_dir / eos_file, dtype=np.float16)
+        if len(data) != N or len(eos) != n_docs:
+            raise UserError(
+                f"the entropy files in {out_dir} do not match the corpus size; recompute them with `blt entropies`"
+            )
+        values[signal] = (data, eos)
+    return EntropyFile(values, {**meta, "dir": str(out_dir)}, corpus)

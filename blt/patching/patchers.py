@@ -1,4 +1,4 @@
-"""Patchers: where patches begin, decided causally from bytes and entropies.
+"""Patchers: where patches begin, decided causally from bytes and the entropy model's signals.
 
 THE CONVENTION (the BLT network, the data loader, generation and these patchers share it):
 
@@ -8,14 +8,24 @@ THE CONVENTION (the BLT network, the data loader, generation and these patchers 
   always True at q = 0 and q = 1 (position 0 is BOS or the window start; the first real byte
   starts its own patch), at every q where ids[q] == BOS and where ids[q-1] == BOS (a document
   restarts patching). The patch of position q is cumsum(starts)[q] - 1 (`patch_ids`).
-- `entropies` (B, T+1) float: entropies[:, q] is the entropy (nats) of the entropy model's
-  distribution that PREDICTS position q, i.e. computed from positions < q only
-  (H(softmax(logits[:, q-1]))). The value at q = 0 is unused (0), BOS positions carry 0 (a
-  forced start either way); an EOS position carries the entropy predicting that EOS.
+- `entropies` (B, T+1) float: the entropy model's SIGNAL at each position, the one the patcher
+  declares (`Patcher.signal`), computed from positions < q only (blt.patching.entropy):
+    'entropy'    entropies[:, q] is the entropy (nats) of the distribution that PREDICTS position
+                 q (H(softmax(logits[:, q-1]))); an EOS position carries the entropy predicting it;
+    'surprisal'  entropies[:, q] is the surprisal (nats, -log p) of the byte at q-1 under the
+                 distribution that predicted it; 0 where ids[q-1] is BOS (a document's first
+                 byte) and at q <= 1 (nothing before the window is known).
+  The value at q = 0 is unused (0), BOS positions carry 0 (a forced start either way).
 - Rules for q >= 2, on top of the forced starts:
     entropy           entropies[q] > theta                          (global threshold)
     relative          entropies[q] - entropies[q-1] > theta_r       (approximate monotonic)
     entropy_relative  both of the above
+    equal_info        the surprisal of the open patch's bytes, entropies[last+1] + ... +
+                      entropies[q] (last: the patch's first position), has reached `budget`:
+                      a patch closes once it holds `budget` nats of information (the
+                      equal-information windows of Lester et al., 2024). Sums are prefix sums
+                      of the row in float64 (start when C[q] >= C[last] + budget); negative
+                      values count as 0
     static            every k bytes, counting from the first byte of the document or window
     byte              always (one byte per patch: a plain byte-level model)
     space             ids[q-1] is space-like and ids[q-2] is not (SpaceByte): a byte that is not
@@ -31,8 +41,9 @@ THE CONVENTION (the BLT network, the data loader, generation and these patchers 
 - CAUSALITY: every start at q depends only on ids[:q] and entropies[:q+1], and entropies[q]
   itself depends only on ids[:q]. Changing byte j therefore never moves starts[:j+1].
 
-Patchers are stateless and vectorised over the batch; the BPE rule (a trie walk) is the one
-sequential scan, run over positions for all rows at once.
+Patchers are stateless and vectorised over the batch; the BPE rule (a trie walk) is a
+sequential scan over positions for all rows at once; the equal-information rule follows each
+row's chain of patches by pointer doubling (O(T log T) vectorised work, no loop over patches).
 """
 from __future__ import annotations
 
@@ -48,9 +59,13 @@ from blt.errors import UserError
 from blt.patching.bpe import BPETrie
 from blt.vocab import BOS_ID, VOCAB_SIZE
 
-PatcherKind = Literal["entropy", "relative", "entropy_relative", "static", "byte", "space", "bpe"]
-KINDS = ("entropy", "relative", "entropy_relative", "static", "byte", "space", "bpe")
-ENTROPY_KINDS = ("entropy", "relative", "entropy_relative")
+PatcherKind = Literal["entropy", "relative", "entropy_relative", "equal_info", "static", "byte", "space", "bpe"]
+KINDS = ("entropy", "relative", "entropy_relative", "equal_info", "static", "byte", "space", "bpe")
+# the entropy model's signal each kind reads (the others read none): blt.patching.entropy
+KIND_SIGNAL = {"entropy": "entropy", "relative": "entropy", "entropy_relative": "entropy", "equal_info": "surprisal"}
+ENTROPY_KINDS = tuple(KIND_SIGNAL)  # the kinds that need an entropy model
+# the threshold calibration searches for a target mean patch size (blt.patching.calibration)
+CALIBRATED = {"entropy": "theta", "relative": "theta_r", "entropy_relative": "theta", "equal_info": "budget"}
 
 
 @dataclass
@@ -58,6 +73,7 @@ class PatcherConfig:
     kind: PatcherKind = "entropy"
     theta: float | None = None  # global entropy threshold (nats); None = calibrate to target_patch_size
     theta_r: float | None = None  # relative threshold (nats); None = calibrate ('relative' kind)
+    budget: float | None = None  # equal_info: surprisal (nats) that closes a patch; None = calibrate
     patch_size: int = 4  # static k
     max_patch_length: int | None = None  # split longer patches; None = unbounded
     target_patch_size: float = 4.5  # mean bytes per patch that calibration aims at
@@ -79,8 +95,19 @@ class PatcherConfig:
         must(self.bpe_sample_bytes >= 1, "bpe_sample_bytes", "at least 1", self.bpe_sample_bytes)
 
     @property
+    def signal(self) -> str | None:
+        """The entropy model's signal this kind reads ('entropy', 'surprisal'), or None."""
+        return KIND_SIGNAL.get(self.kind)
+
+    @property
     def needs_entropy(self) -> bool:
-        return self.kind in ENTROPY_KINDS
+        """True when the patching needs an entropy model (for whichever signal)."""
+        return self.signal is not None
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when the threshold calibration searches is not set yet."""
+        return self.kind in CALIBRATED and getattr(self, CALIBRATED[self.kind]) is None
 
 
 def _space_like_table() -> torch.Tensor:
@@ -124,25 +151,36 @@ def split_long_patches(starts: torch.Tensor, max_len: int | None) -> torch.Tenso
 
 
 class Patcher:
-    """One interface: starts(ids (B, T+1), entropies (B, T+1) | None) -> (B, T+1) bool."""
+    """One interface: starts(ids (B, T+1), entropies (B, T+1) | None) -> (B, T+1) bool.
 
-    needs_entropy: bool = False
+    `signal` names what the entropies argument holds ('entropy' or 'surprisal', see the module
+    docstring); None for patchers that read no entropy model."""
+
+    signal: str | None = None
 
     def __init__(self, max_patch_length: int | None = None):
         self.max_patch_length = max_patch_length
+
+    @property
+    def needs_entropy(self) -> bool:
+        """True when the rule reads a signal of the entropy model (which must be attached)."""
+        return self.signal is not None
 
     def rule(self, ids: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
         """The patcher's own starts (only q >= 2 matter; forced starts are added). (B, T+1)"""
         raise NotImplementedError
 
-    def starts(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+    def check_inputs(self, ids: torch.Tensor, entropies: torch.Tensor | None) -> None:
         if ids.dim() != 2:
             raise ValueError(f"ids must be (B, T+1), got shape {tuple(ids.shape)}")
         if self.needs_entropy:
             if entropies is None:
-                raise ValueError(f"{type(self).__name__} needs entropies")
+                raise ValueError(f"{type(self).__name__} needs the entropy model's {self.signal} values")
             if entropies.shape != ids.shape:
                 raise ValueError(f"entropies {tuple(entropies.shape)} do not match ids {tuple(ids.shape)}")
+
+    def starts(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_inputs(ids, entropies)
         starts = forced_starts(ids) | self.rule(ids, entropies)
         return split_long_patches(starts, self.max_patch_length)
 
@@ -154,7 +192,7 @@ class Patcher:
 class EntropyPatcher(Patcher):
     """Global threshold: q starts a patch when entropies[q] > theta."""
 
-    needs_entropy = True
+    signal = "entropy"
 
     def __init__(self, theta: float, max_patch_length: int | None = None):
         super().__init__(max_patch_length)
@@ -167,7 +205,7 @@ class EntropyPatcher(Patcher):
 class RelativeEntropyPatcher(Patcher):
     """Approximate monotonic: q starts a patch when entropies[q] - entropies[q-1] > theta_r."""
 
-    needs_entropy = True
+    signal = "entropy"
 
     def __init__(self, theta_r: float, max_patch_length: int | None = None):
         super().__init__(max_patch_length)
@@ -182,7 +220,7 @@ class RelativeEntropyPatcher(Patcher):
 class CombinedEntropyPatcher(Patcher):
     """Both rules: entropies[q] > theta and entropies[q] - entropies[q-1] > theta_r."""
 
-    needs_entropy = True
+    signal = "entropy"
 
     def __init__(self, theta: float, theta_r: float, max_patch_length: int | None = None):
         super().__init__(max_patch_length)
@@ -192,6 +230,42 @@ class CombinedEntropyPatcher(Patcher):
         out = torch.zeros_like(ids, dtype=torch.bool)
         out[:, 1:] = (entropies[:, 1:] - entropies[:, :-1]) > self.theta_r
         return out & (entropies > self.theta)
+
+
+class EqualInfoPatcher(Patcher):
+    """Equal information: a patch closes once the surprisal of its bytes reaches `budget` nats."""
+
+    signal = "surprisal"
+
+    def __init__(self, budget: float, max_patch_length: int | None = None):
+        super().__init__(max_patch_length)
+        self.budget = float(budget)
+
+    def starts(self, ids, entropies=None):
+        # Each start decides the next one, so the rule is a chain: next[a] is where the patch
+        # opened at a closes (its budget met, a forced start, or max_patch_length reached).
+        # next is non-decreasing in a, and the chain from 0 is found by pointer doubling.
+        self.check_inputs(ids, entropies)
+        B, T1 = ids.shape
+        dev = ids.device
+        idx = torch.arange(T1, device=dev).expand(B, T1)
+        prefix = entropies.double().clamp(min=0).cumsum(1)  # (B, T+1) C[q]: non-decreasing
+        spent = torch.searchsorted(prefix, prefix + self.budget)  # (B, T+1) first q with C[q] >= C[a] + budget
+        beyond = torch.full((B, 1), T1, device=dev)  # the end: a patch running to it never closes
+        forced_at = torch.where(forced_starts(ids), idx, T1)
+        next_forced = torch.cat([forced_at[:, 1:].flip(1).cummin(1).values.flip(1), beyond], 1)  # (B, T+1)
+        nxt = torch.minimum(spent, next_forced)
+        if self.max_patch_length is not None:
+            nxt = torch.minimum(nxt, idx + self.max_patch_length)
+        nxt = torch.cat([torch.maximum(nxt, idx + 1), beyond], 1)  # (B, T+2); the end maps to itself
+        at = torch.zeros(B, T1, dtype=torch.long, device=dev)  # (B, K) the k-th start of each row, K = T+1
+        k = torch.arange(T1, device=dev)
+        jump = nxt  # nxt applied 2**j times
+        for j in range(max(1, T1.bit_length())):
+            at = torch.where(((k >> j) & 1).bool(), jump.gather(1, at), at)
+            jump = jump.gather(1, jump)
+        out = torch.zeros(B, T1 + 1, dtype=torch.bool, device=dev)
+        return out.scatter_(1, at, True)[:, :T1]
 
 
 class StaticPatcher(Patcher):
@@ -261,8 +335,9 @@ def build_patcher(cfg: PatcherConfig, bpe_vocab: list[bytes] | None = None) -> P
     L = cfg.max_patch_length
     need_theta = cfg.kind in ("entropy", "entropy_relative") and cfg.theta is None
     need_theta_r = cfg.kind in ("relative", "entropy_relative") and cfg.theta_r is None
-    if need_theta or need_theta_r:
-        missing = "theta" if need_theta else "theta_r"
+    need_budget = cfg.kind == "equal_info" and cfg.budget is None
+    if need_theta or need_theta_r or need_budget:
+        missing = "theta" if need_theta else "theta_r" if need_theta_r else "budget"
         raise UserError(
             f"patcher '{cfg.kind}' needs {missing}: set it or calibrate it to a target patch size first"
         )
@@ -272,6 +347,8 @@ def build_patcher(cfg: PatcherConfig, bpe_vocab: list[bytes] | None = None) -> P
         return RelativeEntropyPatcher(cfg.theta_r, L)
     if cfg.kind == "entropy_relative":
         return CombinedEntropyPatcher(cfg.theta, cfg.theta_r, L)
+    if cfg.kind == "equal_info":
+        return EqualInfoPatcher(cfg.budget, L)
     if cfg.kind == "static":
         return StaticPatcher(cfg.patch_size, L)
     if cfg.kind == "byte":

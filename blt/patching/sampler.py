@@ -1,13 +1,14 @@
 """Training batches with patch starts: WindowSampler's windows, patched on the fly.
 
 The windows are exactly WindowSampler's (same pure function of seed, rank, step, micro), so
-a patched run draws the same bytes as a byte-level run with the same seed. Entropies come
-from the precomputed entropy file (`entropy_file.SplitEntropies` of the same split): a byte
-position gets the entropy predicting that byte, an EOS position the stored entropy predicting
-that EOS, a BOS position 0 (it and the byte after it are forced starts). The first positions
-of a window that begins mid-document keep the entropies computed with the whole document
-before them, so entropies never depend on where a window was cut (patches do only through the
-forced starts at positions 0 and 1 and what follows from them: static counting, max length).
+a patched run draws the same bytes as a byte-level run with the same seed. The patcher's
+signal (entropies or surprisals, blt.patching.entropy) comes from the precomputed entropy file
+(`entropy_file.SplitEntropies` of the same split and signal): a byte position gets the value
+stored for that byte, an EOS position the stored EOS value, a BOS position 0 (it and the byte
+after it are forced starts). The first positions of a window that begins mid-document keep the
+values computed with the whole document before them, so values never depend on where a window
+was cut (patches do only through the forced starts at positions 0 and 1 and what follows from
+them: static counting, max length, the equal-information budget's restart).
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ class PatchedWindowSampler:
         rank: int = 0,
     ):
         if entropies is not None and not isinstance(entropies, SplitEntropies):
-            raise TypeError("entropies must be a SplitEntropies (EntropyFile.split(name)), with its EOS values")
+            raise TypeError("entropies must be a SplitEntropies (EntropyFile.split(name, signal)), with its EOS values")
         if patcher.needs_entropy and entropies is None:
-            raise ValueError(f"{type(patcher).__name__} needs the split's entropies")
+            raise ValueError(f"{type(patcher).__name__} needs the split's entropies (its {patcher.signal} values)")
         if entropies is not None and len(entropies.data) != split.n_bytes:
             raise ValueError(f"entropies hold {len(entropies.data)} values for a split of {split.n_bytes} bytes")
         self.windows = WindowSampler(split, seq_len, batch_size, seed, rank)

@@ -5,7 +5,8 @@ Resolved once before the first step and stored in the run (a resumed run recompu
    architecture is copied into cfg.entropy_model, its weights go into the BLT (frozen), so the
    BLT checkpoint carries them and the run rebuilds alone.
 2. The corpus's entropy file, <run>/entropies/, computed with that model (rank 0; the other
-   ranks wait): training windows read their boundaries' entropies from it.
+   ranks wait): training windows read their boundaries' entropies (or surprisals, for
+   equal-information patching) from it. A file without the patcher's signal is recomputed.
 3. Thresholds left null are calibrated on the VALIDATION split (held-out bytes) so the mean
    patch size hits patching.target_patch_size; the value and the size achieved are written
    into config.yaml (the resolved config) and <run>/patching.json.
@@ -29,7 +30,7 @@ from blt.models.blt import ByteLatentTransformer
 from blt.models.byte_lm import ByteLM
 from blt.patching.bpe import load_bpe_vocab, save_bpe_vocab, train_bpe
 from blt.patching.calibration import calibrate_config
-from blt.patching.entropy_file import META_FILE, load_entropy_file
+from blt.patching.entropy_file import load_entropy_file, stored_signals
 from blt.patching.patchers import build_patcher
 from blt.patching.sampler import PatchedWindowSampler
 from blt.runs import layout
@@ -88,7 +89,7 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     if p.needs_entropy:
         cfg = dataclasses.replace(cfg, entropy_model=entropy_run_config(cfg).model)
         ent_dir = run_dir / layout.ENTROPY_DIR
-        if env.rank == 0 and not (ent_dir / META_FILE).is_file():
+        if env.rank == 0 and p.signal not in stored_signals(ent_dir):
             write_run_entropies(p.entropy_run, corpus, ent_dir, device=env.device, progress=cfg.train.progress)
         env.barrier()
     if p.kind == "bpe" and not (run_dir / layout.BPE_VOCAB).is_file():
@@ -96,10 +97,7 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
             vocab = train_bpe(corpus.split("train").data, p.bpe_vocab_size, p.bpe_sample_bytes)
             save_bpe_vocab(vocab, run_dir / layout.BPE_VOCAB)
         env.barrier()
-    unresolved = (p.kind in ("entropy", "entropy_relative") and p.theta is None) or (
-        p.kind in ("relative", "entropy_relative") and p.theta_r is None
-    )
-    if unresolved:
+    if p.needs_calibration:
         cfg = dataclasses.replace(cfg, patching=calibrated(cfg, corpus, run_dir))
     return cfg
 
@@ -109,7 +107,7 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     ents = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus)
     val = corpus.split("val")
     docs = split_documents(val, CALIBRATION_BYTES)
-    val_ents = ents.split("val")
+    val_ents = ents.split("val", cfg.patching.signal)
     doc_ents, offset = [], 0
     for doc in docs:
         doc_ents.append(val_ents.data[offset : offset + len(doc)].astype("float32"))
@@ -119,6 +117,7 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
         "kind": patching.kind,
         "theta": patching.theta,
         "theta_r": patching.theta_r,
+        "budget": patching.budget,
         "target_patch_size": patching.target_patch_size,
         "calibration_mean_patch_size": achieved,
         "calibration_bytes": int(sum(len(d) for d in docs)),
@@ -126,7 +125,8 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     }
     atomic_write_text(run_dir / layout.PATCHING, json.dumps(info, indent=1) + "\n")
     print_line(
-        f"blt train: calibrated {patching.kind} threshold theta={patching.theta} theta_r={patching.theta_r} -> "
+        f"blt train: calibrated {patching.kind} threshold theta={patching.theta} theta_r={patching.theta_r} "
+        f"budget={patching.budget} -> "
         f"mean patch size {achieved:.3f} on {info['calibration_bytes']:,} held-out bytes "
         f"(target {patching.target_patch_size})"
     )
@@ -137,7 +137,9 @@ def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int) -> Patched
     """Training batches {'ids', 'targets', 'starts'} for a prepared BLT run."""
     vocab = load_bpe_vocab(run_dir / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     patcher = build_patcher(cfg.patching, vocab)
-    entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train") if patcher.needs_entropy else None
+    entropies = None
+    if patcher.needs_entropy:
+        entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train", patcher.signal)
     return PatchedWindowSampler(
         corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size, cfg.train.seed, rank
     )
@@ -160,8 +162,8 @@ def describe(model, cfg: RunConfig, docs: list) -> tuple[dict, FlopReport]:
     (which is also the patch size the FLOPs per byte are computed with)."""
     p = cfg.patching
     size = patch_statistics(model, docs)["mean_patch_size"]
-    extra = {"patcher": p.kind, "theta": p.theta, "theta_r": p.theta_r, "target_patch_size": p.target_patch_size,
-             "mean_patch_size": size}
+    extra = {"patcher": p.kind, "theta": p.theta, "theta_r": p.theta_r, "budget": p.budget,
+             "target_patch_size": p.target_patch_size, "mean_patch_size": size}
     return extra, blt_flops(cfg.blt, size, cfg.entropy_model)
 
 

@@ -72,3 +72,8 @@ def describe(model, cfg: RunConfig, docs: list) -> tuple[dict, FlopReport]:
 def generate(model, prompts, args, on_bytes=None):
     """The token baseline is for scoring only: `blt generate` reports that in one line."""
     raise UserError("generation is not implemented for BPE-token runs (model_kind: bpe); use blt eval or blt score")
+
+
+def feeds(model):
+    """Compression codes bytes one by one; a token model predicts tokens."""
+    raise UserError("compression needs a byte-level model (model_kind byte or blt); this is a BPE-token run")

@@ -2,9 +2,9 @@
 
 Each ModelKind says how a run of that kind builds its network (constructed, not initialised:
 call init_weights() after placing it), prepares its run directory before the first step,
-draws training batches, charges training FLOPs, scores bytes, describes itself in `blt eval`
-and generates. Training, evaluation and the commands look a kind up here instead of branching
-on its name.
+draws training batches, charges training FLOPs, scores bytes, describes itself in `blt eval`,
+generates, and steps through bytes for lossless compression. Training, evaluation and the
+commands look a kind up here instead of branching on its name.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Callable
 
 from blt.errors import UserError
 from blt.evaluation.scorer import blt_scores, byte_lm_scores, token_lm_scores
+from blt.inference.compress import blt_feeds, byte_lm_feeds
 from blt.runs import kind_blt, kind_bpe, kind_byte
 from blt.runs.config import RunConfig
 
@@ -28,19 +29,21 @@ class ModelKind:
     scores: Callable  # (model, docs, batch_size, what='nats') -> per-byte values of each document (scorer.py)
     describe: Callable  # (model, cfg, scored docs) -> (extra eval figures, FlopReport)
     generate: Callable  # (model, prompts, GenerationArgs, on_bytes) -> new bytes per prompt
+    feeds: Callable  # model -> blt.inference.compress.Feeds: one byte position per call, for compression
     after_init: Callable = lambda model, cfg: None  # a fresh run's model after init_weights()
     generates: bool = True  # False: `generate` only raises a UserError saying so
 
 
 KINDS = {
     "byte": ModelKind("byte", kind_byte.build, kind_byte.prepare, kind_byte.sampler,
-                      kind_byte.train_flops_per_position, byte_lm_scores, kind_byte.describe, kind_byte.generate),
+                      kind_byte.train_flops_per_position, byte_lm_scores, kind_byte.describe, kind_byte.generate,
+                      byte_lm_feeds),
     "bpe": ModelKind("bpe", kind_bpe.build, kind_bpe.prepare, kind_bpe.sampler,
                      kind_bpe.train_flops_per_position, token_lm_scores, kind_bpe.describe, kind_bpe.generate,
-                     generates=False),
+                     kind_bpe.feeds, generates=False),
     "blt": ModelKind("blt", kind_blt.build, kind_blt.prepare, kind_blt.sampler,
                      kind_blt.train_flops_per_position, blt_scores, kind_blt.describe, kind_blt.generate,
-                     kind_blt.after_init),
+                     blt_feeds, kind_blt.after_init),
 }
 
 
