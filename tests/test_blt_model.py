@@ -182,11 +182,11 @@ def test_pooling_sees_only_its_own_patch():
     patch = starts.long().cumsum(1)[0, :T] - 1
     n = patch[-1:] + 1
     P = int(n)
-    _, base = model.encoder(ids, patch[None], n, P)
+    _, base = model.encoder(ids, patch[None], P)
     for t in range(1, T):
         changed = ids.clone()
         changed[0, t] = (changed[0, t] + 7) % 256
-        _, out = model.encoder(changed, patch[None], n, P)
+        _, out = model.encoder(changed, patch[None], P)
         moved = (out - base).abs().amax(-1)[0] > 1e-6  # (P,)
         assert moved.nonzero().flatten().tolist() == [int(patch[t])]
 
@@ -200,11 +200,11 @@ def test_encoder_patches_are_causal():
     starts[0, :2] = True
     patch = (starts.long().cumsum(1) - 1)[:, :T]
     n = patch[:, -1] + 1
-    _, base = model.encoder(ids, patch, n, int(n))
+    _, base = model.encoder(ids, patch, int(n))
     for t in range(T):
         changed = ids.clone()
         changed[0, t] = (changed[0, t] + 7) % 256
-        _, out = model.encoder(changed, patch, n, int(n))
+        _, out = model.encoder(changed, patch, int(n))
         j = int(patch[0, t])
         torch.testing.assert_close(out[:, :j], base[:, :j], atol=1e-6, rtol=0)
         assert (out[:, j] - base[:, j]).abs().max() > 1e-6
