@@ -19,6 +19,19 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
 torch.set_num_threads(1)
 
 
+def _shared_data() -> Path:
+    """The shared corpora: ../shared/data beside the repository, else $BLT_DATA_DIR, else
+    /work/shared/data (a git worktree elsewhere has no shared/ beside it)."""
+    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "data", os.environ.get("BLT_DATA_DIR"),
+                      "/work/shared/data"):
+        if candidate and (Path(candidate) / "tinyshakespeare.txt").is_file():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
+
+
 def _stdlib_text(n_bytes: int) -> bytes:
     """Real text every machine has: the first n_bytes of a few standard-library modules."""
     root = Path(sysconfig.get_paths()["stdlib"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED_DATA
 from blt.cli import main
 from blt.config import save_yaml
 from blt.data.corpus import load_corpus
@@ -25,7 +26,7 @@ from blt.runs.config import RunConfig
 from blt.runs.kind_blt import write_run_entropies as write_entropy_file
 from blt.vocab import BOS_ID, EOS_ID
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 
 
 def tiny_model(seed=0, context=64, window=16) -> ByteLM:

@@ -134,13 +134,14 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     return patching
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int) -> PatchedWindowSampler:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
+            world: int = 1) -> PatchedWindowSampler:
     """Training batches {'ids', 'targets', 'starts'} for a prepared BLT run."""
     vocab = load_bpe_vocab(run_dir / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     patcher = build_patcher(cfg.patching, vocab)
     entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train") if patcher.needs_entropy else None
     return PatchedWindowSampler(
-        corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size, cfg.train.seed, rank
+        corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size, cfg.train.seed, rank, world
     )
 
 
