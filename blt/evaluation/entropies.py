@@ -7,7 +7,8 @@
   flattened batches and leaked bytes across rows; this one cannot.)
 - `split_entropies(model, split)`: the same, gathered into a split's SplitEntropies.
 - `write_entropy_file(model, corpus, out_dir, provenance)`: every split of a corpus into an
-  entropy file (blt.patching.entropy_file), streamed job by job into its memory map.
+  entropy file (blt.patching.entropy_file), streamed job by job into its memory map; under
+  torchrun each rank computes and writes its share.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import sys
 import time
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from blt.data.corpus import ByteSplit, Corpus
@@ -46,36 +49,48 @@ def split_entropies(model, split: ByteSplit, batch_size: int = 16) -> SplitEntro
 def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_size: int = 16,
                        progress: bool = True) -> dict:
     """Compute the entropies of every split of a corpus into out_dir; return the stats.
-    provenance (the entropy run, its checkpoint and config) goes into entropies.json."""
+    provenance (the entropy run, its checkpoint and config) goes into entropies.json.
+
+    Under torch.distributed (torchrun) every rank must call it: each computes its share of every
+    split's scoring jobs (about 1/world of the bytes, whole jobs of 4 x context predictions, so
+    one long document is shared too) and writes them into the one file (EntropyFileWriter)."""
     was_training = model.training
     model.eval()
-    writer = EntropyFileWriter(out_dir, len(corpus.data))
-    eos_all, eos_ranges = [], {}
+    splits = {name: corpus.split(name) for name in corpus.split_names}
+    keeps = {name: [(int(a), int(b)) for a, b in zip(sp.docs[:-1], sp.docs[1:]) if b > a]
+             for name, sp in splits.items()}
+    writer = EntropyFileWriter(out_dir, len(corpus.data), sum(len(k) for k in keeps.values()))
+    share = (writer.rank, writer.world)
+    eos_ranges, eos_at = {}, 0
     total, n_done = 0.0, 0
     t0 = time.time()
-    bar = tqdm(total=len(corpus.data), unit="B", unit_scale=True, desc="entropies",
-               disable=not progress or not sys.stderr.isatty())
-    for name in corpus.split_names:
+    bar = tqdm(total=len(corpus.data) // writer.world, unit="B", unit_scale=True, desc="entropies",
+               disable=not progress or writer.rank != 0 or not sys.stderr.isatty())
+    for name, split in splits.items():
         lo, _ = corpus.split_range(name)
-        split = corpus.split(name)
-        keep = [(int(a), int(b)) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
+        keep = keeps[name]
         docs = [split.data[a:b] for a, b in keep]
-        eos = np.zeros(len(docs), dtype=np.float32)
-        for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy", eos=True):
+        for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy", eos=True, share=share):
             n = len(docs[d])
             n_bytes = min(len(values), n - c)  # the EOS value, if any, is the last one
             at = lo + keep[d][0] + c
             writer.data[at : at + n_bytes] = values[:n_bytes]
             if c + len(values) > n:
-                eos[d] = values[-1]
+                writer.eos[eos_at + d] = values[-1]
             total += float(values[:n_bytes].sum(dtype=np.float64))
             n_done += n_bytes
             bar.update(n_bytes)
-        eos_ranges[name] = [len(eos_all), len(eos_all) + len(eos)]
-        eos_all.extend(eos.tolist())
+        eos_ranges[name] = [eos_at, eos_at + len(keep)]
+        eos_at += len(keep)
     bar.close()
     model.train(was_training)
+    if writer.world > 1:
+        sums = torch.tensor([total, n_done], dtype=torch.float64)
+        dist.all_reduce(sums)
+        total, n_done = sums[0].item(), int(sums[1].item())
     stats = {"bytes": n_done, "mean_entropy": total / max(n_done, 1), "seconds": round(time.time() - t0, 3)}
+    if writer.world > 1:
+        stats["processes"] = writer.world
     meta = {
         "corpus": corpus_fingerprint(corpus),
         "corpus_name": corpus.name,
@@ -84,5 +99,5 @@ def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_s
         "eos_ranges": eos_ranges,
         "stats": stats,
     }
-    writer.finish(eos_all, meta)
+    writer.finish(meta)
     return stats

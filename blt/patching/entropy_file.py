@@ -10,7 +10,9 @@ fingerprint. The EOS entropies are stored because the sampler must give an EOS p
 value the entropy model would give online: a 0 there would let starts[q] depend on ids[q].
 The values are computed by blt.evaluation.entropies; this module only writes and reads them.
 Data files are written under temporary names and renamed; entropies.json goes last, so a
-directory with entropies.json always holds complete data.
+directory with entropies.json always holds complete data. Several processes (torchrun) write one
+file together: rank 0 creates the temporary files, every rank fills its own disjoint ranges of
+them, and rank 0 renames them and writes entropies.json once every rank has flushed.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from blt.data.corpus import Corpus
 from blt.errors import UserError
@@ -44,24 +47,48 @@ def corpus_fingerprint(corpus: Corpus) -> dict:
 
 
 class EntropyFileWriter:
-    """Fill `data` (a float16 memmap of N values) and hand the EOS values to `finish`."""
+    """Fill `data` (a float16 memmap of N values) and `eos` (D values), then `finish`.
 
-    def __init__(self, out_dir, n_bytes: int):
+    Under torch.distributed every rank makes one and writes its own disjoint ranges; the
+    constructor and `finish` are collective (every rank calls them)."""
+
+    def __init__(self, out_dir, n_bytes: int, n_eos: int):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_data = temporary_name(self.out_dir / DATA_FILE)
-        self.tmp_eos = temporary_name(self.out_dir / EOS_FILE)
-        self.data = np.memmap(self.tmp_data, dtype=np.float16, mode="w+", shape=(n_bytes,))
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        names = [None, None]
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            names = [temporary_name(self.out_dir / DATA_FILE), temporary_name(self.out_dir / EOS_FILE)]
+            for name, n in zip(names, (n_bytes, n_eos)):
+                np.memmap(name, dtype=np.float16, mode="w+", shape=(max(n, 1),)).flush()
+        if self.world > 1:
+            dist.broadcast_object_list(names, src=0)  # rank 0's temporary names (they hold its pid)
+        self.tmp_data, self.tmp_eos = names
+        self.n_bytes, self.n_eos = n_bytes, n_eos
+        self.data = np.memmap(self.tmp_data, dtype=np.float16, mode="r+", shape=(max(n_bytes, 1),))
+        self.eos = np.memmap(self.tmp_eos, dtype=np.float16, mode="r+", shape=(max(n_eos, 1),))
 
-    def finish(self, eos: list[float], meta: dict) -> None:
+    def finish(self, meta: dict) -> None:
         """Make the file complete: data, EOS values, then entropies.json (with `meta`)."""
         self.data.flush()
-        del self.data
-        np.asarray(eos, dtype=np.float16).tofile(self.tmp_eos)
-        (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
-        os.replace(self.tmp_data, self.out_dir / DATA_FILE)
-        os.replace(self.tmp_eos, self.out_dir / EOS_FILE)
-        atomic_write_text(self.out_dir / META_FILE, json.dumps(meta, indent=1))
+        self.eos.flush()
+        del self.data, self.eos
+        if self.world > 1:
+            dist.barrier()  # every rank's ranges are on disk
+        if self.rank == 0:
+            for tmp, n in ((self.tmp_data, self.n_bytes), (self.tmp_eos, self.n_eos)):
+                if n == 0:
+                    Path(tmp).write_bytes(b"")  # a memmap cannot be empty: the placeholder value goes
+            (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
+            os.replace(self.tmp_data, self.out_dir / DATA_FILE)
+            os.replace(self.tmp_eos, self.out_dir / EOS_FILE)
+            atomic_write_text(self.out_dir / META_FILE, json.dumps(meta, indent=1))
+        if self.world > 1:
+            dist.barrier()  # no rank goes on before the file is complete
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @dataclass

@@ -4,8 +4,8 @@ Resolved once before the first step and stored in the run (a resumed run recompu
 1. The entropy model (patching.entropy_run, a byte-level run) for entropy patchers: its
    architecture is copied into cfg.entropy_model, its weights go into the BLT (frozen), so the
    BLT checkpoint carries them and the run rebuilds alone.
-2. The corpus's entropy file, <run>/entropies/, computed with that model (rank 0; the other
-   ranks wait): training windows read their boundaries' entropies from it.
+2. The corpus's entropy file, <run>/entropies/, computed with that model (every rank its share
+   of the corpus): training windows read their boundaries' entropies from it.
 3. Thresholds left null are calibrated on the VALIDATION split (held-out bytes) so the mean
    patch size hits patching.target_patch_size; the value and the size achieved are written
    into config.yaml (the resolved config) and <run>/patching.json.
@@ -89,9 +89,10 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     if p.needs_entropy:
         cfg = dataclasses.replace(cfg, entropy_model=entropy_run_config(cfg).model)
         ent_dir = run_dir / layout.ENTROPY_DIR
-        if env.rank == 0 and not (ent_dir / META_FILE).is_file():
+        missing = not (ent_dir / META_FILE).is_file()
+        env.barrier()  # every rank has looked before any rank writes
+        if missing:  # every rank computes its share (collective)
             write_run_entropies(p.entropy_run, corpus, ent_dir, device=env.device, progress=cfg.train.progress)
-        env.barrier()
     if p.kind == "bpe" and not (run_dir / layout.BPE_VOCAB).is_file():
         if env.rank == 0:
             vocab = train_bpe(corpus.split("train").data, p.bpe_vocab_size, p.bpe_sample_bytes)
@@ -140,9 +141,8 @@ def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
     vocab = load_bpe_vocab(run_dir / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     patcher = build_patcher(cfg.patching, vocab)
     entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train") if patcher.needs_entropy else None
-    return PatchedWindowSampler(
-        corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size, cfg.train.seed, rank, world
-    )
+    return PatchedWindowSampler(corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size,
+                                cfg.train.seed, rank, world)
 
 
 def after_init(model, cfg: RunConfig) -> None:
