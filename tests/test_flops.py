@@ -297,3 +297,27 @@ def test_blt_monotone_and_dispatch():
         model_flops(model)  # the patch size must be measured, there is no default
     with pytest.raises(UserError):
         blt_flops(cfg, 0.5)
+
+
+@pytest.mark.parametrize("attention", ["average", "dense"])
+def test_ragged_batch_is_charged_the_flops_it_executes(attention):
+    """Rows with different patch counts: the latent (and every per-patch term) runs over the
+    longest row's count in every row. Charged at B*T / latent_patches positions per patch
+    (kind_blt.train_flops_per_position's rule), the formula matches the counter exactly ('dense';
+    under 'average' the counter also counts the padding queries' attention, which sees every key so
+    the softmax stays finite: within 1%); charged at the real patches' size, as before, it would
+    miss the padding."""
+    from blt.models.blt import patch_stats
+
+    model = blt_model(blt_config())
+    ids = torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(9))
+    starts = random_starts(12, seed=10)
+    starts[1, 2:] = False
+    starts[1, torch.arange(2, T, 2)] = True  # row 1: 2-byte patches, about twice row 0's count
+    stats = patch_stats(ids, ids, starts)
+    assert stats["latent_patches"] == B * int(complete_starts(ids, starts)[1, :T].sum())
+    with torch.no_grad():
+        counted = measure_flops(lambda: model(ids, starts), attention) / (B * T)
+    executed = blt_flops(model.cfg, B * T / stats["latent_patches"], attention=attention).forward_per_byte
+    assert close(counted, executed, tol=1e-3 if attention == "dense" else 1e-2), (counted, executed)
+    assert blt_flops(model.cfg, measured_patch_size(ids, starts), attention=attention).forward_per_byte < 0.95 * counted

@@ -106,7 +106,8 @@ def _utf8_parts(column) -> tuple[np.ndarray, np.ndarray]:
 
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise UserError(f"the text column is {column.type}, not a string column")
-    column = column.fill_null("")
+    if column.null_count:
+        column = column.fill_null("")
     kind = np.int64 if pa.types.is_large_string(column.type) else np.int32
     _, offsets_buf, data_buf = column.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=kind)[column.offset : column.offset + len(column) + 1].astype(np.int64)
