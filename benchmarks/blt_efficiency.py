@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from released_blt import cpu_flags  # benchmarks/ is this script's first import path
+
 STUDY = "configs/study_cpu.yaml"
 CORPUS = "/work/shared/data/dickens.txt"
 
@@ -177,8 +179,7 @@ def summarize(results: list[dict]) -> dict:
 
 
 def report(args, meta: dict, versions: dict, loads: list, seconds: float) -> str:
-    flags = subprocess.run("grep -o 'avx[0-9a-z_]*' /proc/cpuinfo | sort -u | tr '\\n' ' '", shell=True,
-                           capture_output=True, text=True).stdout.strip()
+    flags = cpu_flags()
     lines = [
         "# BLT training step efficiency: achieved FLOP/s against the byte transformer",
         "",

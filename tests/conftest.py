@@ -18,6 +18,11 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
 
 torch.set_num_threads(1)
 
+from blt.config import save_yaml  # noqa: E402
+from blt.models.byte_lm import ByteLM, ByteLMConfig  # noqa: E402
+from blt.runs.checkpoint import save_checkpoint  # noqa: E402
+from blt.runs.config import RunConfig  # noqa: E402
+
 
 def _shared_data() -> Path:
     """The shared corpora: ../shared/data beside the repository, else $BLT_DATA_DIR, else
@@ -68,3 +73,19 @@ def blt_cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("BLT_CACHE_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def entropy_run(tmp_path):
+    """A byte-level run directory (1 layer, width 32, window 16) holding its initial weights:
+    (run directory, the model in eval mode)."""
+    cfg = RunConfig()
+    cfg.model = ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16)
+    run = tmp_path / "ent_run"
+    run.mkdir()
+    save_yaml(cfg, run / "config.yaml")
+    torch.manual_seed(0)
+    model = ByteLM(cfg.model)
+    model.init_weights()
+    save_checkpoint(run, 1, model, cfg, {})
+    return run, model.eval()

@@ -13,16 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from blt.config import save_yaml
 from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
 from blt.evaluation.entropies import write_entropy_file
-from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.patching.entropy_file import load_entropy_file
-from blt.runs.checkpoint import save_checkpoint
 from blt.runs.config import RunConfig
-from blt.runs.kind_byte import load_byte_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,23 +100,11 @@ def test_shard_errors_are_user_errors(shards, tmp_path):
         load_corpus(str(bad), fmt="csv")
 
 
-def entropy_run(run: Path) -> Path:
-    cfg = RunConfig()
-    cfg.model = ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16)
-    run.mkdir()
-    save_yaml(cfg, run / "config.yaml")
-    torch.manual_seed(0)
-    model = ByteLM(cfg.model)
-    model.init_weights()
-    save_checkpoint(run, 1, model, cfg, {})
-    return run
-
-
-def test_entropies_on_two_processes_equal_one(shards, tmp_path, blt_cache):
+def test_entropies_on_two_processes_equal_one(shards, entropy_run, tmp_path, blt_cache):
     """`blt entropies` under torchrun (2 gloo ranks, each its share of the jobs) writes the file
     one process writes, over JSONL shards; and the file serves the same corpus given as files."""
     docs, dirs = shards
-    run = entropy_run(tmp_path / "ent_run")
+    run, model = entropy_run
     common = ["entropies", str(run), "--data", str(dirs["jsonl"]), "--text-field", "body", "--splits", "70/20/10",
               "--no-progress", "--batch-size", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BLT_CACHE_DIR": str(blt_cache)}
@@ -144,7 +128,7 @@ def test_entropies_on_two_processes_equal_one(shards, tmp_path, blt_cache):
                                                                    "entropies_eos.f16"]  # no temporaries left
     # the same entropies, computed in one process over the documents given as plain files
     plain = load_corpus(str(dirs["files"]), "70/20/10")
-    write_entropy_file(load_byte_run(run)[0], plain, tmp_path / "plain", {}, batch_size=4, progress=False)
+    write_entropy_file(model, plain, tmp_path / "plain", {}, batch_size=4, progress=False)
     np.testing.assert_allclose(np.fromfile(tmp_path / "plain" / "entropies.f16", np.float16).astype(np.float32),
                                a.data.astype(np.float32), atol=2e-3)
 

@@ -86,8 +86,10 @@ def _index_jsonl(path: Path, text_field: str, h) -> np.ndarray:
 
 def _parquet_file(path: Path, text_field: str):
     """An open Parquet file, checked to hold the text column."""
-    import pyarrow.parquet as pq
-
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError("reading Parquet shards needs pyarrow: pip install 'blt-lm[parquet]'") from None
     f = pq.ParquetFile(path)
     if text_field not in f.schema_arrow.names:
         raise UserError(f"{path}: no column '{text_field}' (it has: {', '.join(f.schema_arrow.names)})")

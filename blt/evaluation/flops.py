@@ -41,8 +41,11 @@ the byte sequence), cross-attention scales with the k query/key slots per patch,
 transformer runs once per patch, so its per-byte cost is divided by the measured mean patch
 size, and its span is counted in patches. The entropy model is a separate per-byte cost at
 inference, reported on its own and added in `forward_per_byte_with_entropy`. A ragged batch
-runs every row over the most patches any row has (padding patches are computed, then
-ignored): measure the mean patch size as T / (that count) to charge for them too.
+runs every row over the most patches any row has, P (padding patches are computed, then
+ignored): measure the mean patch size as T / P to charge for them too. The latent packs rows
+into R <= B rows of P patches (models/latent.py): its terms run over R*P patches, so it is
+charged at `latent_patch_size` = B*T / (R*P) positions per latent patch (the training loop's
+charge: blt.runs.kind_blt.train_flops_per_position).
 """
 from __future__ import annotations
 
@@ -222,9 +225,12 @@ def blt_flops(
     *,
     seq_len: int | None = None,
     attention: str = "average",
+    latent_patch_size: float | None = None,
 ) -> FlopReport:
     """A BLT over windows of seq_len bytes (default cfg.context) cut into patches of
     mean_patch_size bytes: measure it (input positions per latent patch) on the data.
+    latent_patch_size: input positions per patch the latent computes, when packing makes it
+    differ (default mean_patch_size); the latent's rows stay seq_len / mean_patch_size long.
 
     Per byte, as ByteLatentTransformer computes it:
     - encoder: hash n-gram embedding (0), its stack over the byte window; cross-attention pooling,
@@ -240,8 +246,8 @@ def blt_flops(
     entropy_cfg: the patching entropy model, run over the same windows under its own window
     (min(window, context)); an inference cost only, excluded from train_per_byte.
     """
-    if not mean_patch_size >= 1:
-        raise UserError(f"mean_patch_size must be at least 1 byte, got {mean_patch_size}")
+    if not mean_patch_size >= 1 or not (latent_patch_size or 1) >= 1:
+        raise UserError(f"patch sizes must be at least 1 byte, got {mean_patch_size}, {latent_patch_size}")
     check_attention(attention)
     T = _seq_len(cfg, seq_len)
     m, k = float(mean_patch_size), cfg.k
@@ -271,7 +277,8 @@ def blt_flops(
         **stack_terms(dec, attention_span(T, dec.window, attention)),
         "head": 2.0 * Dd * VOCAB_SIZES[cfg.vocab],
     }
-    breakdown = {**_prefixed("encoder", encoder), **_prefixed("latent", latent, 1 / m),
+    latent_m = float(latent_patch_size) if latent_patch_size is not None else m
+    breakdown = {**_prefixed("encoder", encoder), **_prefixed("latent", latent, 1 / latent_m),
                  **_prefixed("decoder", decoder)}
     entropy = 0.0
     if entropy_cfg is not None:

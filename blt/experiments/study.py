@@ -266,15 +266,15 @@ def train_to_end(cfg: RunConfig, run_dir: Path) -> bool:
 
 
 def measure_patches(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> dict:
-    """{'targets', 'patches', 'latent_patches'} summed over a prepared BLT run's first training
-    batches, counted as ByteLatentTransformer.loss counts them (see `patch_stats`)."""
+    """A prepared BLT run's first training batches as ByteLatentTransformer.loss counts each
+    (`patch_stats`), averaged over the batches: the stats of a mean batch."""
     sampler = KINDS["blt"].sampler(cfg, corpus, run_dir, 0)
-    total = {"targets": 0, "patches": 0, "latent_patches": 0}
+    total: dict = {}
     for step in range(n_batches):
         batch = sampler.batch(step)
         for name, value in patch_stats(batch["ids"], batch["targets"], batch["starts"]).items():
-            total[name] += value
-    return {**total, "latent_patches": total["latent_patches"] / n_batches}  # per batch, as the loop charges
+            total[name] = total.get(name, 0) + value / n_batches
+    return total
 
 
 def measure_bytes_per_token(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> float:

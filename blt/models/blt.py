@@ -49,7 +49,7 @@ from torch import nn
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, masked_targets
 from blt.models.hash_ngram import HASH_PRIMES
-from blt.models.latent import LatentTransformer, patch_documents, patch_start_positions
+from blt.models.latent import LatentTransformer, pack_rows, patch_documents, patch_start_positions
 from blt.models.local_decoder import LocalDecoder
 from blt.models.local_encoder import LocalEncoder
 from blt.models.masks import document_ids
@@ -151,15 +151,17 @@ def complete_starts(ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
 
 
 def patch_stats(ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> dict:
-    """What a batch ids, targets (B, T), starts (B, T+1) costs and holds: 'targets' counts the
+    """What a batch ids, targets (B, T), starts (B, T+1) holds and costs: 'targets' counts the
     scored bytes (EOS left out), 'patches' the patches starting at a scored byte (bytes / patches
-    is the mean patch size over real bytes), 'latent_patches' the patches the latent computes,
-    B times the longest row's count (padding included: B*T / latent_patches is the patch size
-    the executed FLOPs are charged at)."""
+    is the mean patch size over real bytes); padding included, 'patch_slots' the patches the
+    local models' per-patch steps compute (B rows of the longest row's count P) and
+    'latent_patches' those the latent computes (its packed rows of P: latent.pack_rows)."""
     complete = complete_starts(ids, starts)
     is_real = is_byte(targets)
-    latent = int(complete[:, : ids.shape[1]].sum(1).max()) * ids.shape[0]
-    return {"targets": int(is_real.sum()), "patches": int((complete[:, 1:] & is_real).sum()), "latent_patches": latent}
+    counts = complete[:, : ids.shape[1]].sum(1).tolist()  # patches per row
+    P = max(counts)
+    return {"targets": int(is_real.sum()), "patches": int((complete[:, 1:] & is_real).sum()),
+            "patch_slots": len(counts) * P, "latent_patches": pack_rows(counts, P)[2] * P}
 
 
 class ByteLatentTransformer(nn.Module):

@@ -59,13 +59,14 @@ class CrossAttention(nn.Module):
         src = self.kv_norm(kv)
         return self._heads(self.wk(src), self.n_kv_heads), self._heads(self.wv(src), self.n_kv_heads)
 
-    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
-        """x (..., L, D) queries over projected keys/values (..., Hkv, S, Dh) -> (..., L, D)"""
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x (..., L, D) queries over projected keys/values (..., Hkv, S, Dh), every query over
+        every key -> (..., L, D)"""
         q = self._heads(self.wq(self.q_norm(x)), self.n_heads)  # (..., H, L, Dh)
         if self.n_kv_heads != self.n_heads:  # (SDPA's enable_gqa wants 4-D inputs; the decoder has 5)
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=-3)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=-3)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (..., H, L, Dh)
+        y = F.scaled_dot_product_attention(q, k, v)  # (..., H, L, Dh)
         return self._residual(x, self.wo(y.transpose(-2, -3).flatten(-2)))
 
     def _residual(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -84,8 +85,9 @@ class CrossAttention(nn.Module):
             k = k.repeat_interleave(H // self.n_kv_heads, dim=2)  # (B, T, H, Dh)
             v = v.repeat_interleave(H // self.n_kv_heads, dim=2)
         seg = segment.clamp(max=S)  # S: a spare segment that collects what is dropped
-        q = torch.cat([q, q.new_zeros(B, 1, H, L, Dh)], dim=1)[torch.arange(B, device=x.device)[:, None], seg]
-        scores = (q @ k[..., None]).squeeze(-1) * Dh**-0.5  # (B, T, H, L): each source, its segment's queries
+        rows = torch.arange(B, device=x.device)[:, None]
+        q = torch.cat([q, q.new_zeros(B, 1, H, L, Dh)], dim=1)[rows, seg]  # (B, T, H, L, Dh): its segment's
+        scores = (q @ k[..., None]).squeeze(-1) * Dh**-0.5  # (B, T, H, L)
         index = seg[:, :, None, None].expand(B, T, H, L)
         top = scores.new_full((B, S + 1, H, L), float("-inf"))
         top = top.scatter_reduce(1, index, scores.detach(), reduce="amax")  # softmax is shift-invariant

@@ -10,8 +10,8 @@ Resolved once before the first step and stored in the run (a resumed run recompu
    patch size hits patching.target_patch_size; the value and the size achieved are written
    into config.yaml (the resolved config) and <run>/patching.json.
 4. Causal-BPE patching: a vocabulary learned from the training split, <run>/bpe_vocab.json.
-One input position is one byte; a step's training FLOPs depend on its batch's patch count
-(that of its longest row: the latent computes every row's padding too).
+One input position is one byte; a step's training FLOPs depend on its batch's patch counts
+(every row is padded to the longest; the latent packs rows: see flops.blt_flops).
 """
 from __future__ import annotations
 
@@ -152,11 +152,14 @@ def after_init(model, cfg: RunConfig) -> None:
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:
-    """The FLOPs executed on the batch the stats describe (ByteLatentTransformer.loss, or
-    study.measure_patches): its input positions per patch the latent computed, padding patches
-    included (B*T / latent_patches)."""
-    positions_per_patch = cfg.data.batch_size * cfg.blt.context / max(stats["latent_patches"], 1)
-    return blt_flops(cfg.blt, max(positions_per_patch, 1.0)).train_per_byte
+    """The FLOPs executed on the batch the stats describe (blt.models.blt.patch_stats, from
+    ByteLatentTransformer.loss or study.measure_patches), padding included: its input positions
+    per patch slot of the local models (B*T / patch_slots) and per patch the latent computed
+    (B*T / latent_patches)."""
+    positions = cfg.data.batch_size * cfg.blt.context
+    per_slot = max(positions / max(stats["patch_slots"], 1), 1.0)
+    per_latent = max(positions / max(stats["latent_patches"], 1), per_slot)
+    return blt_flops(cfg.blt, per_slot, latent_patch_size=per_latent).train_per_byte
 
 
 def describe(model, cfg: RunConfig, docs: list) -> tuple[dict, FlopReport]:
