@@ -13,12 +13,11 @@ very windows timed are computed, and the global threshold is calibrated on them 
 per patch, so the patch counts per row vary as they do in training.
 
 Each step is a whole training step (forward, backward, the version's own AdamW: blt.train.optim).
-Its FLOPs are the FLOPs EXECUTED,
-counted by FlopCounterMode on the same step: every matmul as run (padding patches included),
-and the CPU attention kernel counted for every (query, key) pair it is handed when given a
-boolean mask (it computes them all), or for the causal pairs under `is_causal`. Achieved FLOP/s
-= executed FLOPs / seconds. Both code versions run in their own processes, alternately, for
-several rounds (the machine is shared: the load is recorded).
+Its FLOPs are the FLOPs EXECUTED, counted by FlopCounterMode on the same step: every matmul as
+run (padding patches included), and the CPU attention kernel counted for every (query, key)
+pair it is handed when given a boolean mask (it computes them all), or for the causal pairs
+under `is_causal`. Achieved FLOP/s = executed FLOPs / seconds. Both code versions run in their
+own processes, alternately, for several rounds (the machine is shared: the load is recorded).
 """
 from __future__ import annotations
 
