@@ -20,8 +20,23 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads at import)
 torch.set_num_threads(1)
 
 from blt.config import save_yaml  # noqa: E402
+from blt.models.byte_lm import ByteLM, ByteLMConfig  # noqa: E402
 from blt.runs.checkpoint import save_checkpoint  # noqa: E402
 from blt.runs.kinds import build_model  # noqa: E402
+from blt.runs.config import RunConfig  # noqa: E402
+
+
+def _shared_data() -> Path:
+    """The shared corpora: ../shared/data beside the repository, else $BLT_DATA_DIR, else
+    /work/shared/data (a git worktree elsewhere has no shared/ beside it)."""
+    for candidate in (Path(__file__).resolve().parents[2] / "shared" / "data", os.environ.get("BLT_DATA_DIR"),
+                      "/work/shared/data"):
+        if candidate and (Path(candidate) / "tinyshakespeare.txt").is_file():
+            return Path(candidate)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 
 
 def _stdlib_text(n_bytes: int) -> bytes:
@@ -97,3 +112,19 @@ def no_network(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     return attempts
+
+
+@pytest.fixture
+def entropy_run(tmp_path):
+    """A byte-level run directory (1 layer, width 32, window 16) holding its initial weights:
+    (run directory, the model in eval mode)."""
+    cfg = RunConfig()
+    cfg.model = ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16)
+    run = tmp_path / "ent_run"
+    run.mkdir()
+    save_yaml(cfg, run / "config.yaml")
+    torch.manual_seed(0)
+    model = ByteLM(cfg.model)
+    model.init_weights()
+    save_checkpoint(run, 1, model, cfg, {})
+    return run, model.eval()

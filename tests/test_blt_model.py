@@ -9,6 +9,7 @@ from blt.errors import UserError
 from blt.models.blt import BLTConfig, ByteLatentTransformer, complete_starts
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.models.hash_ngram import HASH_PRIMES, ngram_hashes
+from blt.models.latent import LatentTransformer, pack_rows
 from blt.models.transformer import TransformerConfig
 from blt.evaluation.scorer import blt_scores
 from blt.patching.entropy import online_entropies, window_starts
@@ -182,11 +183,11 @@ def test_pooling_sees_only_its_own_patch():
     patch = starts.long().cumsum(1)[0, :T] - 1
     n = patch[-1:] + 1
     P = int(n)
-    _, base = model.encoder(ids, patch[None], n, P)
+    _, base = model.encoder(ids, patch[None], P)
     for t in range(1, T):
         changed = ids.clone()
         changed[0, t] = (changed[0, t] + 7) % 256
-        _, out = model.encoder(changed, patch[None], n, P)
+        _, out = model.encoder(changed, patch[None], P)
         moved = (out - base).abs().amax(-1)[0] > 1e-6  # (P,)
         assert moved.nonzero().flatten().tolist() == [int(patch[t])]
 
@@ -200,11 +201,11 @@ def test_encoder_patches_are_causal():
     starts[0, :2] = True
     patch = (starts.long().cumsum(1) - 1)[:, :T]
     n = patch[:, -1] + 1
-    _, base = model.encoder(ids, patch, n, int(n))
+    _, base = model.encoder(ids, patch, int(n))
     for t in range(T):
         changed = ids.clone()
         changed[0, t] = (changed[0, t] + 7) % 256
-        _, out = model.encoder(changed, patch, n, int(n))
+        _, out = model.encoder(changed, patch, int(n))
         j = int(patch[0, t])
         torch.testing.assert_close(out[:, :j], base[:, :j], atol=1e-6, rtol=0)
         assert (out[:, j] - base[:, j]).abs().max() > 1e-6
@@ -333,3 +334,44 @@ def test_scores_match_a_forward_pass_and_slide_past_the_context(kind):
     chunked = blt_scores(model, [long], chunk=48)[0]
     np.testing.assert_allclose(chunked[:48], scores[1][:48], atol=1e-5)
     assert np.isfinite(chunked).all() and abs(chunked.mean() - scores[1].mean()) < 0.05
+
+
+# ---- latent packing -------------------------------------------------------------------------
+
+
+def test_pack_rows_first_fit_decreasing():
+    row, first, n = pack_rows([3, 10, 4, 6, 2], 10)
+    assert n == 3  # [10], [6, 4], [3, 2]
+    slots = {(row[b], first[b] + j) for b, c in enumerate([3, 10, 4, 6, 2]) for j in range(c)}
+    assert len(slots) == 25 and all(s < 10 for _, s in slots)  # no overlap, nothing past a row
+    assert pack_rows([5, 5, 5], 5)[2] == 3  # full rows do not pack
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_packed_latent_rows_equal_rows_run_alone(window):
+    """Rows of different patch counts, packed into fewer latent rows, give each row what it gets
+    alone (positions and documents stay per row); padding outputs are zeros."""
+    torch.manual_seed(0)
+    latent = LatentTransformer(TransformerConfig(dim=32, n_layers=2, n_heads=2, window=window), span=64, byte_span=64)
+    latent.init_weights()
+    counts = torch.tensor([12, 3, 5, 2, 7])
+    B, P = len(counts), int(counts.max())
+    assert pack_rows(counts.tolist(), P)[2] < B
+    patches = torch.randn(B, P, 32)
+    docs = torch.zeros(B, P, dtype=torch.long)
+    docs[0, 6:] = 1  # a second document inside row 0
+    docs[2, 1:] = 4
+    docs = torch.where(torch.arange(P) < counts[:, None], docs, -1)
+    out = latent(patches, docs, counts)
+    for b in range(B):
+        n = int(counts[b])
+        alone = latent(patches[b : b + 1, :n], docs[b : b + 1, :n], counts[b : b + 1])
+        torch.testing.assert_close(out[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+        assert (out[b, n:] == 0).all()
+    # starts (the byte-span rule of long inputs) are packed alongside
+    starts = torch.cumsum(torch.full((B, P), 20), 1)  # patches 20 bytes apart: the 64-byte span binds
+    near = latent(patches, docs, counts, starts)
+    alone = latent(patches[:1], docs[:1], counts[:1], starts[:1])
+    torch.testing.assert_close(near[0], alone[0], atol=1e-5, rtol=1e-5)
+    if window is None:  # (a 3-patch window spans 60 bytes at most: the rule never binds there)
+        assert not torch.allclose(near[0], out[0], atol=1e-4)

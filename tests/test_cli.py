@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from blt.config import from_dict, save_yaml
 from blt.data.corpus import load_corpus
 from blt.evaluation.bpb import evaluate_split
@@ -19,7 +20,7 @@ from blt.runs.kinds import build_model
 from blt.runs.loading import open_run
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 
 
 def make_run(run: Path, step: int = 7, corpus: str = str(SHAKESPEARE)) -> Path:

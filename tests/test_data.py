@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 import blt.data.enwik8 as enwik8
 from blt.data.corpus import load_corpus
 from blt.data.stream import VirtualStream, WindowSampler
 from blt.errors import UserError
 from blt.vocab import BOS_ID, EOS_ID
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 SHAKESPEARE = SHARED / "tinyshakespeare.txt"
 
 
@@ -120,8 +121,26 @@ def test_sampler_is_a_pure_function_of_seed_rank_step():
     fresh = WindowSampler(split, seq_len=32, batch_size=4, seed=1, rank=0)
     assert all((fresh.batch(s)[0] == first[s]).all() for s in (3, 0, 2, 1))  # any order, any instance
     assert not (a.batch(0)[0] == a.batch(1)[0]).all()
-    assert not (WindowSampler(split, 32, 4, seed=1, rank=1).batch(0)[0] == first[0]).all()
+    assert not (WindowSampler(split, 32, 4, seed=1, rank=1, world=2).batch(0)[0] == first[0]).all()
     assert not (WindowSampler(split, 32, 4, seed=2, rank=0).batch(0)[0] == first[0]).all()
+
+
+def test_each_rank_draws_only_from_its_shard():
+    split = load_corpus(str(SHAKESPEARE)).split("train")
+    whole = WindowSampler(split, 32, 64, seed=1)
+    length = whole.stream.length
+    assert whole.shard == (0, length)
+    for world in (2, 3):
+        for rank in range(world):
+            s = WindowSampler(split, 32, 64, seed=1, rank=rank, world=world)
+            lo, hi = rank * length // world, (rank + 1) * length // world
+            starts = np.concatenate([s.starts(step) for step in range(20)])
+            assert starts.min() >= lo and starts.max() + 33 <= hi  # whole windows inside the shard
+            assert starts.max() - starts.min() > (hi - lo) // 2  # and spread over it
+            again = WindowSampler(split, 32, 64, seed=1, rank=rank, world=world)
+            assert (again.starts(7) == s.starts(7)).all()  # a pure function of (seed, rank, world, step)
+    with pytest.raises(UserError, match="rank 1's 1/2"):
+        WindowSampler(split, length // 2, 4, seed=1, rank=1, world=2)
 
 
 @pytest.fixture

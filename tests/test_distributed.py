@@ -57,7 +57,7 @@ def test_two_cpu_ranks_train_in_lockstep(text_file, tmp_path):
     }))
     out, dump = tmp_path / "run", tmp_path / "dump"
     dump.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}  # this checkout's blt
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          __file__, str(config), str(out), str(dump)],

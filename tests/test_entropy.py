@@ -1,14 +1,13 @@
 """Entropies (alignment, windowing, row independence, the entropy file), calibration, BPE, CLI."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SHARED_DATA
 from blt.cli import main
-from blt.config import save_yaml
 from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
 from blt.errors import UserError
@@ -20,12 +19,10 @@ from blt.patching.calibration import calibrate_config, calibration_rows
 from blt.patching.entropy import online_entropies, prediction_entropies
 from blt.patching.entropy_file import load_entropy_file
 from blt.patching.patchers import PatcherConfig, build_patcher, mean_patch_size, patch_lengths
-from blt.runs.checkpoint import save_checkpoint
-from blt.runs.config import RunConfig
 from blt.runs.kind_blt import write_run_entropies as write_entropy_file
 from blt.vocab import BOS_ID, EOS_ID
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 
 
 def tiny_model(seed=0, context=64, window=16) -> ByteLM:
@@ -99,20 +96,6 @@ def test_byte_scores_equal_one_forward_within_the_context():
 
 
 # ---------------------------------------------------------------- entropy file
-
-
-@pytest.fixture()
-def entropy_run(tmp_path):
-    cfg = RunConfig()
-    cfg.model = ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16)
-    run = tmp_path / "ent_run"
-    run.mkdir()
-    save_yaml(cfg, run / "config.yaml")
-    torch.manual_seed(0)
-    model = ByteLM(cfg.model)
-    model.init_weights()
-    save_checkpoint(run, 1, model, cfg, {})
-    return run, model.eval()
 
 
 @pytest.fixture()

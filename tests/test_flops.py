@@ -300,3 +300,35 @@ def test_blt_monotone_and_dispatch():
         model_flops(model)  # the patch size must be measured, there is no default
     with pytest.raises(UserError):
         blt_flops(cfg, 0.5)
+
+
+@pytest.mark.parametrize("attention", ["average", "dense"])
+def test_ragged_batch_is_charged_the_flops_it_executes(attention):
+    """Rows of different patch counts: every per-patch step of the local models runs over the
+    longest row's count P in every row, the latent over the rows packed into fewer rows of P.
+    Charged as kind_blt.train_flops_per_position does (B*T / patch_slots and B*T /
+    latent_patches positions per patch), the formula matches the counter exactly ('dense';
+    under 'average' the counter also counts the padding queries' attention, which sees every
+    key so the softmax stays finite: within 1%); charged at the real patches' size it would miss
+    the padding."""
+    from blt.models.blt import patch_stats
+    from blt.models.latent import pack_rows
+
+    model = blt_model(blt_config())
+    rows = 3
+    ids = torch.randint(0, 256, (rows, T), generator=torch.Generator().manual_seed(9))
+    starts = torch.zeros(rows, T + 1, dtype=torch.bool)
+    starts[:, :2] = True
+    starts[0, torch.arange(2, T, 2)] = True  # 2-byte patches: 25 of them
+    starts[1:, torch.arange(5, T, 5)] = True  # 5-byte patches: 11, so rows 1 and 2 pack into one
+    stats = patch_stats(ids, ids, starts)
+    counts = complete_starts(ids, starts)[:, :T].sum(1).tolist()
+    assert stats["patch_slots"] == rows * max(counts) and pack_rows(counts, max(counts))[2] == 2
+    assert stats["latent_patches"] == 2 * max(counts)
+    with torch.no_grad():
+        counted = measure_flops(lambda: model(ids, starts), attention) / (rows * T)
+    executed = blt_flops(model.cfg, rows * T / stats["patch_slots"], attention=attention,
+                         latent_patch_size=rows * T / stats["latent_patches"]).forward_per_byte
+    assert close(counted, executed, tol=1e-3 if attention == "dense" else 1e-2), (counted, executed)
+    real = rows * T / int(complete_starts(ids, starts)[:, :T].sum())
+    assert blt_flops(model.cfg, real, attention=attention).forward_per_byte < 0.95 * counted

@@ -1,10 +1,10 @@
 """Patchers: every rule against a plain-Python reference, causality, bookkeeping, sampler."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from blt.config import from_dict
 from blt.data.corpus import load_corpus
 from blt.data.stream import WindowSampler
@@ -30,7 +30,7 @@ from blt.patching.patchers import (
 from blt.patching.sampler import PatchedWindowSampler
 from blt.vocab import BOS_ID, EOS_ID, encode
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 SMALL_VOCAB = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b"bcd", b"cd", b" the", b"th", b"he"]
 
 

@@ -248,7 +248,7 @@ def test_window_sampler_is_a_pure_function_of_its_arguments():
     assert torch.equal(b["targets"][:, :-1], b["ids"][:, 1:])  # next-token targets
     assert torch.equal(b["ids"][:, 1:] - b["ids"][:, :-1], torch.ones(4, 15, dtype=torch.long))  # contiguous
     assert torch.equal(TokenWindowSampler(tokens, 16, 4, 3).batch(5, 1)["ids"], b["ids"])
-    for other in (s.batch(5, 0), s.batch(6, 1), TokenWindowSampler(tokens, 16, 4, 3, rank=1).batch(5, 1)):
+    for other in (s.batch(5, 0), s.batch(6, 1), TokenWindowSampler(tokens, 16, 4, 3, rank=1, world=2).batch(5, 1)):
         assert not torch.equal(other["ids"], b["ids"])
     assert int(b["targets"].max()) <= 999
     with pytest.raises(UserError, match="fewer than one window"):

@@ -1,12 +1,15 @@
 """Byte corpora: where the bytes come from, how they split, what they were.
 
-A corpus is one uint8 array (a memory map, never a Python list) holding its documents back
-to back, plus the offsets where documents start. Sources:
+A corpus is one uint8 array (a memory map or `ShardedBytes`, never a Python list) holding its
+documents back to back, plus the offsets where documents start. Sources:
 
 - a file: one document, memory-mapped in place;
 - a directory (recursive, sorted paths) or a glob: one document per file, concatenated once
   into a cache file and memory-mapped from there; a file reached twice (through a symlink, or
   a symlink loop) is one document, at its first path;
+- JSONL or Parquet shards (a file, directory or glob of them; `data.format`, `data.text_field`):
+  one document per record, read in place through a small cached index (`blt.data.shards`),
+  never copied; `data` is then a `ShardedBytes`, which reads like a uint8 array;
 - `stdlib`: the .py files of the running Python's standard library (site-packages left out),
   the embedded default corpus that every machine has offline;
 - `enwik8`: the first 10^8 bytes of English Wikipedia, see `blt.data.enwik8`.
@@ -29,6 +32,7 @@ import numpy as np
 
 from blt.data.cache import cache_dir
 from blt.data import enwik8
+from blt.data.shards import FORMATS, open_shards, shard_format
 from blt.errors import UserError
 from blt.files import atomic_write_text, make_directory, open_output, read_errors, read_json, sha256_file
 
@@ -39,7 +43,7 @@ SPLITS = ("train", "val", "test")
 class ByteSplit:
     """Bytes of one split and its document starts (relative; docs[-1] == len(data))."""
 
-    data: np.ndarray  # (N,) uint8
+    data: np.ndarray  # (N,) uint8 (or ShardedBytes)
     docs: np.ndarray  # (D+1,) int64
 
     @property
@@ -54,7 +58,7 @@ class ByteSplit:
 @dataclass
 class Corpus:
     name: str
-    data: np.ndarray  # (N,) uint8, usually a np.memmap
+    data: np.ndarray  # (N,) uint8, usually a np.memmap (or ShardedBytes)
     docs: np.ndarray  # (D+1,) int64 document start offsets, docs[-1] == N
     fractions: tuple[float, ...]  # cumulative cut points, e.g. (0.9, 1.0) or (0.9, 0.95, 1.0)
     fingerprint: dict
@@ -144,13 +148,20 @@ def _unique_files(paths) -> list[Path]:
     return files
 
 
-def _from_files(files: list[Path], label: str, splits: str) -> Corpus:
+def _from_files(files: list[Path], label: str, splits: str, fmt: str = "files", text_field: str = "text") -> Corpus:
     files = _unique_files(files)
     if not files:
         raise UserError(f"no files found for corpus '{label}'")
     if sum(p.stat().st_size for p in files) == 0:
         raise UserError(f"corpus '{label}' is empty (0 bytes)")
-    if len(files) == 1:
+    if fmt == "auto":
+        fmt = shard_format(files) or "files"
+    if fmt in FORMATS:
+        data, docs, fp = open_shards(files, fmt, text_field)
+        if not len(data):
+            raise UserError(f"corpus '{label}' holds no text in field '{text_field}'")
+        fp = {"source": label, **fp}
+    elif len(files) == 1:
         path = files[0]
         with read_errors(path):
             data = np.memmap(path, dtype=np.uint8, mode="r")
@@ -180,7 +191,7 @@ def resolve_corpus(spec: str) -> str:
 
 def open_corpus(data) -> Corpus:
     """The corpus a run's data config (blt.runs.config.DataConfig) names, cut to data.max_bytes."""
-    corpus = load_corpus(resolve_corpus(data.corpus), data.splits, data.data_dir)
+    corpus = load_corpus(resolve_corpus(data.corpus), data.splits, data.data_dir, data.format, data.text_field)
     return truncated(corpus, data.max_bytes)
 
 
@@ -195,23 +206,28 @@ def truncated(corpus: Corpus, max_bytes: int | None) -> Corpus:
     return Corpus(corpus.name, corpus.data[:max_bytes], docs, corpus.fractions, fp)
 
 
-def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None) -> Corpus:
-    """Resolve a corpus name or path (file, directory, glob) to a Corpus."""
+def load_corpus(spec: str, splits: str = "auto", data_dir: str | None = None, fmt: str = "auto",
+                text_field: str = "text") -> Corpus:
+    """Resolve a corpus name or path (file, directory, glob) to a Corpus. fmt: 'files' (one
+    document per file), 'jsonl' or 'parquet' (one per record, the text in text_field), or
+    'auto' (shards when every file ends in .jsonl, or every one in .parquet; files otherwise)."""
+    if fmt not in ("auto", "files", *FORMATS):
+        raise UserError(f"data.format must be one of auto, files, {', '.join(FORMATS)}; got '{fmt}'")
     if spec == "stdlib":
         return _from_files(stdlib_files(), "stdlib", splits)
     if spec == "enwik8":
         return _from_files([enwik8.enwik8_path(data_dir)], "enwik8", splits if splits != "auto" else "90/5/5")
     path = Path(spec).expanduser()
     if path.is_file():
-        return _from_files([path], str(spec), splits)
+        return _from_files([path], str(spec), splits, fmt, text_field)
     if path.is_dir():
         files = _unique_files(sorted(path.rglob("*")))
         if not files:
             raise UserError(f"directory {spec} holds no files")
-        return _from_files(files, str(spec), splits)
+        return _from_files(files, str(spec), splits, fmt, text_field)
     if any(ch in spec for ch in "*?["):
         files = _unique_files(sorted(Path(p) for p in globlib.glob(spec, recursive=True)))
         if not files:
             raise UserError(f"glob {spec} matches no files")
-        return _from_files(files, str(spec), splits)
+        return _from_files(files, str(spec), splits, fmt, text_field)
     raise UserError(f"data not found: '{spec}' is no file, directory, glob, or known corpus (stdlib, enwik8)")

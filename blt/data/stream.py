@@ -4,8 +4,12 @@ The split's bytes stay in their uint8 memory map. Documents are laid out virtual
 [BOS, b_1..b_n, EOS] back to back; a window is a slice of that virtual stream, gathered
 with one vectorised index, so nothing is ever copied into Python lists.
 
-Batches are a pure function of (seed, rank, step): resuming at step s draws exactly the
-batches an uninterrupted run would have drawn, and each rank of a torchrun job draws its own.
+Batches are a pure function of (seed, rank, world, step, micro): resuming at step s draws
+exactly the batches an uninterrupted run would have drawn. Each rank of a torchrun job of
+`world` ranks draws its windows only from ITS SHARD, the rank-th contiguous 1/world of the
+stream (`rank_shard`), so a rank reads only its part of the bytes (and of the entropy file,
+which is aligned with them): at scale, each node touches 1/world of the corpus. One process
+(world 1) draws from the whole stream, as before sharding existed.
 """
 from __future__ import annotations
 
@@ -45,20 +49,34 @@ class VirtualStream:
         return np.where(special >= 0, special, byte)
 
 
-class WindowSampler:
-    """Draws (B, T+1) id windows; x = w[:, :-1], y = w[:, 1:]."""
+def rank_shard(length: int, seq_len: int, rank: int, world: int, unit: str = "positions") -> tuple[int, int]:
+    """[lo, hi): the rank-th contiguous 1/world of a stream of `length` positions, which must
+    hold one window of seq_len + 1 positions (UserError otherwise)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside a world of {world}")
+    lo, hi = rank * length // world, (rank + 1) * length // world
+    if hi - lo < seq_len + 1:
+        where = "the split" if world == 1 else f"rank {rank}'s 1/{world} of the split"
+        raise UserError(f"{where} holds {hi - lo} {unit}, fewer than one window of {seq_len + 1}")
+    return lo, hi
 
-    def __init__(self, split: ByteSplit, seq_len: int, batch_size: int, seed: int, rank: int = 0):
+
+def draw_starts(shard: tuple[int, int], seq_len: int, batch_size: int, key: list[int]) -> np.ndarray:
+    """Window starts in a shard, a pure function of key (seed, rank, step, micro). (batch_size,)"""
+    rng = np.random.default_rng(key)
+    return rng.integers(shard[0], shard[1] - seq_len, size=batch_size)
+
+
+class WindowSampler:
+    """Draws (B, T+1) id windows from this rank's shard; x = w[:, :-1], y = w[:, 1:]."""
+
+    def __init__(self, split: ByteSplit, seq_len: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.stream = VirtualStream(split)
         self.seq_len, self.batch_size, self.seed, self.rank = seq_len, batch_size, seed, rank
-        if self.stream.length < seq_len + 1:
-            raise UserError(
-                f"the split holds {self.stream.length} positions, fewer than one window of {seq_len + 1}"
-            )
+        self.shard = rank_shard(self.stream.length, seq_len, rank, world)
 
     def starts(self, step: int, micro: int = 0) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.rank, step, micro])
-        return rng.integers(0, self.stream.length - self.seq_len, size=self.batch_size)
+        return draw_starts(self.shard, self.seq_len, self.batch_size, [self.seed, self.rank, step, micro])
 
     def window_positions(self, step: int, micro: int = 0) -> np.ndarray:
         """Virtual positions of the batch's windows. (B, T+1)"""

@@ -24,6 +24,7 @@ import torch
 
 from blt.data.bpe import BYTE_CHARS, chars_to_bytes, learn_bpe, piece_texts, token_strings
 from blt.data.corpus import ByteSplit
+from blt.data.stream import draw_starts, rank_shard
 from blt.errors import UserError
 from blt.files import atomic_write_text, make_directory, open_output, read_json, read_text
 
@@ -171,17 +172,14 @@ def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dic
 class TokenWindowSampler:
     """Draws (B, T+1) token windows from a token split; {'ids': w[:, :-1], 'targets': w[:, 1:]}."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0):
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0,
+                 world: int = 1):
         self.tokens = tokens
         self.seq_len, self.batch_size, self.seed, self.rank = seq_len, batch_size, seed, rank
-        if len(tokens) < seq_len + 1:
-            raise UserError(
-                f"the training split holds {len(tokens)} tokens, fewer than one window of {seq_len + 1}"
-            )
+        self.shard = rank_shard(len(tokens), seq_len, rank, world, "tokens")  # as WindowSampler's
 
     def starts(self, step: int, micro: int = 0) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.rank, step, micro])
-        return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        return draw_starts(self.shard, self.seq_len, self.batch_size, [self.seed, self.rank, step, micro])
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         index = self.starts(step, micro)[:, None] + np.arange(self.seq_len + 1)[None, :]  # (B, T+1)

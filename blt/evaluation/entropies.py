@@ -9,7 +9,7 @@
 - `split_entropies(model, split, signal)`: the same, gathered into a split's SplitEntropies.
 - `write_entropy_file(model, corpus, out_dir, provenance)`: every split of a corpus into an
   entropy file (blt.patching.entropy_file), both signals from one pass, streamed job by job
-  into its memory maps.
+  into its memory maps; under torchrun each rank computes and writes its share.
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import sys
 import time
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from blt.data.corpus import ByteSplit, Corpus
 from blt.evaluation.scorer import byte_lm_scores, document_signals, iter_byte_lm
-from blt.patching.entropy import SIGNALS
 from blt.patching.entropy_file import EntropyFileWriter, SplitEntropies, corpus_fingerprint
 
 
@@ -50,24 +51,30 @@ def split_entropies(model, split: ByteSplit, batch_size: int = 16, signal: str =
 def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_size: int = 16,
                        progress: bool = True) -> dict:
     """Compute both signals of every split of a corpus into out_dir; return the stats.
-    provenance (the entropy run, its checkpoint and config) goes into entropies.json."""
+    provenance (the entropy run, its checkpoint and config) goes into entropies.json.
+
+    Under torch.distributed (torchrun) every rank must call it: each computes its share of every
+    split's scoring jobs (about 1/world of the bytes, whole jobs of 4 x context predictions, so
+    one long document is shared too) and writes them into the one file (EntropyFileWriter)."""
     was_training = model.training
     model.eval()
-    eos_all = {signal: [] for signal in SIGNALS}
-    eos_ranges = {}
-    totals, n_done = np.zeros(2), 0  # nats of entropy and of surprisal over the bytes
+    splits = {name: corpus.split(name) for name in corpus.split_names}
+    keeps = {name: [(int(a), int(b)) for a, b in zip(sp.docs[:-1], sp.docs[1:]) if b > a]
+             for name, sp in splits.items()}
+    eos_ranges, eos_at = {}, 0
+    totals = np.zeros(3)  # nats of entropy and of surprisal over the bytes, the bytes
     t0 = time.time()
-    bar = tqdm(total=len(corpus.data), unit="B", unit_scale=True, desc="entropies",
-               disable=not progress or not sys.stderr.isatty())
-    with EntropyFileWriter(out_dir, len(corpus.data)) as writer:
+    with EntropyFileWriter(out_dir, len(corpus.data), sum(len(k) for k in keeps.values())) as writer:
+        share = (writer.rank, writer.world)
+        bar = tqdm(total=len(corpus.data) // writer.world, unit="B", unit_scale=True, desc="entropies",
+                   disable=not progress or writer.rank != 0 or not sys.stderr.isatty())
         ent_data, sur_data = writer.data["entropy"], writer.data["surprisal"]
-        for name in corpus.split_names:
+        ent_eos, sur_eos = writer.eos["entropy"], writer.eos["surprisal"]
+        for name, split in splits.items():
             lo, _ = corpus.split_range(name)
-            split = corpus.split(name)
-            keep = [(int(a), int(b)) for a, b in zip(split.docs[:-1], split.docs[1:]) if b > a]
+            keep = keeps[name]
             docs = [split.data[a:b] for a, b in keep]
-            eos = {signal: np.zeros(len(docs), dtype=np.float32) for signal in SIGNALS}
-            for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy_nats", eos=True):
+            for d, c, values in iter_byte_lm(model, docs, batch_size, "entropy_nats", eos=True, share=share):
                 ent, nats = values[:, 0], values[:, 1]
                 # predictions c .. c+k-1 of document d: of its bytes, the last one of its EOS
                 n, k = len(docs[d]), len(ent)
@@ -75,23 +82,28 @@ def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_s
                 at = lo + keep[d][0] + c
                 ent_data[at : at + n_bytes] = ent[:n_bytes]
                 if c + k > n:
-                    eos["entropy"][d] = ent[-1]
+                    ent_eos[eos_at + d] = ent[-1]
                 # the surprisal of byte c + i is the signal at the next position: byte c + i + 1, or the EOS
                 inside = min(n_bytes, n - c - 1)
                 sur_data[at + 1 : at + 1 + inside] = nats[:inside]
                 if n_bytes and c + n_bytes == n:
-                    eos["surprisal"][d] = nats[n_bytes - 1]
-                totals += [float(ent[:n_bytes].sum(dtype=np.float64)), float(nats[:n_bytes].sum(dtype=np.float64))]
-                n_done += n_bytes
+                    sur_eos[eos_at + d] = nats[n_bytes - 1]
+                totals += [float(ent[:n_bytes].sum(dtype=np.float64)), float(nats[:n_bytes].sum(dtype=np.float64)),
+                           n_bytes]
                 bar.update(n_bytes)
-            eos_ranges[name] = [len(eos_all["entropy"]), len(eos_all["entropy"]) + len(docs)]
-            for signal in SIGNALS:
-                eos_all[signal].extend(eos[signal].tolist())
+            eos_ranges[name] = [eos_at, eos_at + len(keep)]
+            eos_at += len(keep)
         bar.close()
         model.train(was_training)
-        mean_entropy, mean_surprisal = totals / max(n_done, 1)
-        stats = {"bytes": n_done, "mean_entropy": mean_entropy, "mean_surprisal": mean_surprisal,
-                 "seconds": round(time.time() - t0, 3)}
+        if writer.world > 1:
+            sums = torch.tensor(totals, dtype=torch.float64)
+            dist.all_reduce(sums)
+            totals = sums.numpy()
+        n_done = int(totals[2])
+        stats = {"bytes": n_done, "mean_entropy": totals[0] / max(n_done, 1),
+                 "mean_surprisal": totals[1] / max(n_done, 1), "seconds": round(time.time() - t0, 3)}
+        if writer.world > 1:
+            stats["processes"] = writer.world
         meta = {
             "corpus": corpus_fingerprint(corpus),
             "corpus_name": corpus.name,
@@ -103,5 +115,5 @@ def write_entropy_file(model, corpus: Corpus, out_dir, provenance: dict, batch_s
             "eos_ranges": eos_ranges,
             "stats": stats,
         }
-        writer.finish(eos_all, meta)
+        writer.finish(meta)
     return stats

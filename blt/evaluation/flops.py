@@ -29,8 +29,9 @@ The attention span w, `attention=`:
 What our code executes today: ByteLM takes the is_causal path ('average') only for a window
 holding one document with no shorter sliding window, and the masked path ('dense') otherwise,
 i.e. for most training windows of concatenated documents and for every entropy-model pass
-(`online_entropies`). BLT's local models follow the same rule as ByteLM; its latent and its
-encoder pooling always pass masks ('dense'); the decoder's cross-attention has no mask (k keys).
+(`online_entropies`). BLT's local models follow the same rule as ByteLM; its latent always passes a mask ('dense');
+its encoder pooling scores each byte against its own patch's k queries only, and its decoder's
+cross-attention each byte against its k slots, whatever the mode (no mask, nothing discarded).
 'average' assumes one document per window: document masks allow fewer keys still.
 FlopCounterMode as shipped does not count the CPU SDPA kernel at all; `measure_flops` adds it,
 counting either every (query, key) pair ('dense') or the pairs the mask allows ('average').
@@ -40,8 +41,11 @@ the byte sequence), cross-attention scales with the k query/key slots per patch,
 transformer runs once per patch, so its per-byte cost is divided by the measured mean patch
 size, and its span is counted in patches. The entropy model is a separate per-byte cost at
 inference, reported on its own and added in `forward_per_byte_with_entropy`. A ragged batch
-runs every row over the most patches any row has (padding patches are computed, then
-ignored): measure the mean patch size as T / (that count) to charge for them too.
+runs every row over the most patches any row has, P (padding patches are computed, then
+ignored): measure the mean patch size as T / P to charge for them too. The latent packs rows
+into R <= B rows of P patches (models/latent.py): its terms run over R*P patches, so it is
+charged at `latent_patch_size` = B*T / (R*P) positions per latent patch (the training loop's
+charge: blt.runs.kind_blt.train_flops_per_position).
 """
 from __future__ import annotations
 
@@ -236,26 +240,29 @@ def blt_flops(
     *,
     seq_len: int | None = None,
     attention: str = "average",
+    latent_patch_size: float | None = None,
 ) -> FlopReport:
     """A BLT over windows of seq_len bytes (default cfg.context) cut into patches of
     mean_patch_size bytes: measure it (input positions per latent patch) on the data.
+    latent_patch_size: input positions per patch the latent computes, when packing makes it
+    differ (default mean_patch_size); the latent's rows stay seq_len / mean_patch_size long.
 
     Per byte, as ByteLatentTransformer computes it:
     - encoder: hash n-gram embedding (0), its stack over the byte window; cross-attention pooling,
       whose k queries per patch are made, projected and answered once per patch while keys and
-      values are projected once per byte; each byte is a key for the k queries of its patch
-      ('dense': every query is given all T bytes, as the boolean pooling mask makes SDPA do);
+      values are projected once per byte; each byte is a key for the k queries of its patch only
+      (segment attention: k scores and k weighted values per byte, in either mode);
       the projection of the k*D_enc outputs to the latent width, once per patch;
     - latent: its stack once per patch, over a span of seq_len / mean_patch_size patches
       (capped by latent_context and its window);
     - decoder: the latent -> k slots projection once per patch; cross-attention per byte over
-      k slots, whose k/v projections run on the slots gathered for each byte (k per byte);
+      k slots, whose keys and values are projected once per patch and gathered for each byte;
       its stack over the byte window and the byte head.
     entropy_cfg: the patching entropy model, run over the same windows under its own window
     (min(window, context)); an inference cost only, excluded from train_per_byte.
     """
-    if not mean_patch_size >= 1:
-        raise UserError(f"mean_patch_size must be at least 1 byte, got {mean_patch_size}")
+    if not mean_patch_size >= 1 or not (latent_patch_size or 1) >= 1:
+        raise UserError(f"patch sizes must be at least 1 byte, got {mean_patch_size}, {latent_patch_size}")
     check_attention(attention)
     T = _seq_len(cfg, seq_len)
     m, k = float(mean_patch_size), cfg.k
@@ -264,16 +271,13 @@ def blt_flops(
     De_kv, Dd_kv = enc.kv_heads * enc.head_dim, dec.kv_heads * dec.head_dim
     n_enc, n_dec, projection = _blt_counts(cfg)
 
-    # pooling pairs per byte: each byte is a key of its patch's k queries; 'dense': all T bytes
-    # are keys of every query, k*T per patch
-    pool_pairs = k * T / m if attention == "dense" else k
     encoder = {
         "hash_embed": 0.0,
         **stack_terms(enc, attention_span(T, enc.window, attention)),
         "pool_queries": 2.0 * De * k * De / m,
         # per cross-attention: q, o per query; k, v per byte
         "pool_proj": n_enc * (2.0 * (2 * De * De) * k / m + 2.0 * (2 * De * De_kv)),
-        "pool_scores": n_enc * 2.0 * 2 * pool_pairs * De,
+        "pool_scores": n_enc * 2.0 * 2 * k * De,  # each byte: k scores, k weighted values
         "to_latent": 2.0 * k * De * Dl / m if projection else 0.0,
     }
     patches = T / m
@@ -282,13 +286,14 @@ def blt_flops(
     decoder = {
         "from_encoder": 2.0 * De * Dd if De != Dd else 0.0,
         "from_latent": 2.0 * Dl * k * Dd / m,
-        # per cross-attention: q, o per byte; k, v per slot (k gathered per byte)
-        "cross_proj": n_dec * (2.0 * (2 * Dd * Dd) + 2.0 * (2 * Dd * Dd_kv) * k),
+        # per cross-attention: q, o per byte; k, v per slot, once per patch
+        "cross_proj": n_dec * (2.0 * (2 * Dd * Dd) + 2.0 * (2 * Dd * Dd_kv) * k / m),
         "cross_scores": n_dec * 2.0 * 2 * k * Dd,
         **stack_terms(dec, attention_span(T, dec.window, attention)),
         "head": 2.0 * Dd * VOCAB_SIZES[cfg.vocab],
     }
-    breakdown = {**_prefixed("encoder", encoder), **_prefixed("latent", latent, 1 / m),
+    latent_m = float(latent_patch_size) if latent_patch_size is not None else m
+    breakdown = {**_prefixed("encoder", encoder), **_prefixed("latent", latent, 1 / latent_m),
                  **_prefixed("decoder", decoder)}
     entropy = 0.0
     if entropy_cfg is not None:

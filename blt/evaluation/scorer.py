@@ -58,14 +58,19 @@ def plan_jobs(lengths: list[int], span: int, chunk: int) -> list[tuple[int, int,
 def iter_windows(
     seqs: list, forward: WindowForward, span: int, chunk: int, batch_size: int = 16, what: str | tuple = "nats",
     eos: bool = False, ids: tuple[int, int, int] = (BOS_ID, EOS_ID, PAD_ID), device=None,
+    share: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (sequence index, first position, float32 values) for every prediction of every
     sequence (see the module docstring). seqs: int arrays without BOS/EOS; ids: the model's
-    (BOS, EOS, PAD) ids; values: (n,), or (n, 2) for the two-column `what`s."""
+    (BOS, EOS, PAD) ids; values: (n,), or (n, 2) for the two-column `what`s. share (i, n): only
+    the i-th contiguous n-th of the jobs (one process of n computing its part; jobs are `chunk`
+    predictions each, so the parts are about equal)."""
     if what not in VALUE_SHAPES:
         raise ValueError(f"what must be one of {', '.join(VALUE_SHAPES)}, got {what!r}")
     bos, eos_id, pad = ids
     jobs = plan_jobs([len(s) + int(eos) for s in seqs], span, chunk)
+    part, parts = share
+    jobs = jobs[part * len(jobs) // parts : (part + 1) * len(jobs) // parts]
     for at in range(0, len(jobs), batch_size):
         group = jobs[at : at + batch_size]
         L = max(e - s for _, s, _, e in group)
@@ -138,11 +143,12 @@ def _lm_forward(model, span: int) -> WindowForward:
 
 
 def iter_byte_lm(model, docs: list, batch_size: int = 16, what: str = "nats", eos: bool = False,
-                 chunk: int | None = None):
+                 chunk: int | None = None, share: tuple[int, int] = (0, 1)):
     """iter_windows for a ByteLM over byte documents (uint8 arrays)."""
     span = model.cfg.span
     chunk = chunk or CHUNK_CONTEXTS * model.cfg.context
-    return iter_windows(docs, _lm_forward(model, span), span, chunk, batch_size, what, eos, device=_device(model))
+    return iter_windows(docs, _lm_forward(model, span), span, chunk, batch_size, what, eos, device=_device(model),
+                        share=share)
 
 
 @_in_eval_mode

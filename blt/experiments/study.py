@@ -19,9 +19,9 @@ cost is reported on its own, its inference cost in the cells' FLOPs per byte wit
 
 STEPS. A cell's steps = round(budget / training FLOPs per step), the per-step cost computed
 with the kind's `train_flops_per_position` (blt.runs.kinds), the same function the training
-loop charges, times the positions of a step. A BLT's cost depends on its patch size, measured before
-training on the cell's own first training batches (targets / patches, as the loop counts
-it). The FLOPs actually spent come from the run's metrics.jsonl (`train_flops`).
+loop charges, times the positions of a step. A BLT's cost depends on its patch count, measured
+before training on the cell's own first training batches (the patches its latent computes,
+padding included, as the loop charges them). The FLOPs actually spent come from the run's metrics.jsonl (`train_flops`).
 
 EVALUATION. Every cell is scored on the same held-out bytes: the first `eval_bytes` of the
 val split (bpb, blt.runs.evaluate.evaluate_run, which also gives inference FLOPs per byte
@@ -56,7 +56,7 @@ from blt.evaluation.flops import byte_lm_flops
 from blt.evaluation.noise import NOISE_KINDS, check_noise, robustness, scoring_pairs
 from blt.experiments.study_report import write_report
 from blt.files import atomic_write_text, make_directory, read_json, read_text
-from blt.models.blt import complete_starts
+from blt.models.blt import patch_stats
 from blt.models.byte_lm import ByteLMConfig
 from blt.runs import layout
 from blt.runs.config import DataConfig, OptimConfig, RunConfig, load_run_config
@@ -67,7 +67,6 @@ from blt.runs.loading import open_run, pick_device
 from blt.runs.lock import RunLock
 from blt.train import loop
 from blt.train.metrics import read_metrics
-from blt.vocab import is_byte
 
 CELLS = ("byte", "bpe", "static", "space", "entropy", "relative", "equal_info")
 BLT_CELLS = ("static", "space", "entropy", "relative", "equal_info")
@@ -284,16 +283,15 @@ def train_to_end(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def measure_patches(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> dict:
-    """{'targets', 'patches'} summed over a prepared BLT run's first training batches, counted
-    as ByteLatentTransformer.loss counts them (scored targets, patches starting at them)."""
+    """A prepared BLT run's first training batches as ByteLatentTransformer.loss counts each
+    (`patch_stats`), averaged over the batches: the stats of a mean batch."""
     sampler = KINDS["blt"].sampler(cfg, corpus, run_dir, 0)
-    targets = patches = 0
+    total: dict = {}
     for step in range(n_batches):
         batch = sampler.batch(step)
-        scored = is_byte(batch["targets"])
-        targets += int(scored.sum())
-        patches += int((complete_starts(batch["ids"], batch["starts"])[:, 1:] & scored).sum())
-    return {"targets": targets, "patches": patches}
+        for name, value in patch_stats(batch["ids"], batch["targets"], batch["starts"]).items():
+            total[name] = total.get(name, 0) + value / n_batches
+    return total
 
 
 def measure_bytes_per_token(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> float:

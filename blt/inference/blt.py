@@ -164,7 +164,7 @@ class IncrementalBLT:
         patch = self.start[:, : m + 1].long().cumsum(1) - 1  # (B, m+1)
         byte_patch, closed = patch[:, :m], patch[:, m]  # closed (B,): patches that end before m
         P = int(byte_patch[:, -1].max()) + 1
-        patches = enc.pool_patches(pool_states, byte_patch, byte_patch[:, -1] + 1, P)  # (B, P, Dl)
+        patches = enc.pool_patches(pool_states, byte_patch, P)  # (B, P, Dl)
         idx = torch.arange(P, device=x.device).expand(B, P)
         lat_pos = torch.where(idx < closed[:, None], idx, -1)  # the open patch is padding here
         first_bytes = patch_start_positions(byte_patch, P)  # (B, P)

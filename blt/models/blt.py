@@ -50,7 +50,7 @@ from blt.config import InvalidValue, must
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, masked_targets
 from blt.models.hash_ngram import HASH_PRIMES
-from blt.models.latent import LatentTransformer, patch_documents, patch_start_positions
+from blt.models.latent import LatentTransformer, pack_rows, patch_documents, patch_start_positions
 from blt.models.local_decoder import LocalDecoder
 from blt.models.local_encoder import LocalEncoder
 from blt.models.masks import document_ids
@@ -154,6 +154,20 @@ def complete_starts(ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def patch_stats(ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> dict:
+    """What a batch ids, targets (B, T), starts (B, T+1) holds and costs: 'targets' counts the
+    scored bytes (EOS left out), 'patches' the patches starting at a scored byte (bytes / patches
+    is the mean patch size over real bytes); padding included, 'patch_slots' the patches the
+    local models' per-patch steps compute (B rows of the longest row's count P) and
+    'latent_patches' those the latent computes (its packed rows of P: latent.pack_rows)."""
+    complete = complete_starts(ids, starts)
+    is_real = is_byte(targets)
+    counts = complete[:, : ids.shape[1]].sum(1).tolist()  # patches per row
+    P = max(counts)
+    return {"targets": int(is_real.sum()), "patches": int((complete[:, 1:] & is_real).sum()),
+            "patch_slots": len(counts) * P, "latent_patches": pack_rows(counts, P)[2] * P}
+
+
 class ByteLatentTransformer(nn.Module):
     def __init__(self, cfg: BLTConfig):
         super().__init__()
@@ -212,7 +226,7 @@ class ByteLatentTransformer(nn.Module):
         byte_patch = patch[:, :T]  # (B, T)
         n_patches = byte_patch[:, -1] + 1  # (B,)
         P = int(n_patches.max())
-        byte_states, patches = self.encoder(ids, byte_patch, n_patches, P)  # (B, T, De), (B, P, Dl)
+        byte_states, patches = self.encoder(ids, byte_patch, P)  # (B, T, De), (B, P, Dl)
         patch_docs = patch_documents(document_ids(ids, BOS_ID), byte_patch, P)  # (B, P)
         starts_at = patch_start_positions(byte_patch, P) if T > self.cfg.context else None  # (B, P)
         latent_out = self.latent(patches, patch_docs, n_patches, starts_at)  # (B, P, Dl)
@@ -227,12 +241,9 @@ class ByteLatentTransformer(nn.Module):
         where documents end: its boundary is causal because the EOS position carries the
         entropy model's real value (the entropy file stores it, and `online_entropies`
         computes it), never a constant that would reveal the EOS id.
-        'patches' counts the patches starting at a scored byte: bytes / patches is the mean
-        patch size over real bytes, and 'targets' counts the bytes (EOS left out of both).
+        See `patch_stats` for the stats.
         """
         logits = self(ids, starts)
         t = masked_targets(targets)  # (B, T), -100 where not scored
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
-        is_real = is_byte(targets)
-        n_patches = complete_starts(ids, starts)[:, 1:] & is_real
-        return loss, {"targets": int(is_real.sum()), "patches": int(n_patches.sum())}
+        return loss, patch_stats(ids, targets, starts)

@@ -11,9 +11,10 @@ weights, all reading the same slots.
 
 Which patch a byte reads is decided by the caller (ByteLatentTransformer.decoder_patches):
 the last patch that closed at or before p, so that nothing after byte p reaches the
-prediction made at p. Each byte's slots are gathered, so the cross-attention is over k keys
-per byte, with no mask and no (T, P) score matrix. Byte attention spans min(window, context)
-bytes, as in the encoder.
+prediction made at p. Each cross-attention projects the k slots of every patch to keys and
+values once (`CrossAttention.keys_values` on (B, P, k, D)), and each byte gathers its patch's:
+the cross-attention is over k keys per byte, with no mask and no (T, P) score matrix. Byte
+attention spans min(window, context) bytes, as in the encoder.
 
 Incremental generation uses the same parts one byte at a time: `slot_keys_values` once per
 closed patch (one key/value set per cross-attention), then per byte `inputs`, `read_slots`
@@ -96,11 +97,10 @@ class LocalDecoder(nn.Module):
         `cache` (a prefill) at `positions` when given."""
         B, T = ids.shape
         h = self.inputs(byte_states)  # (B, T, D)
-        rows = torch.arange(B, device=ids.device)[:, None]
-        kv = self.slots(latent_out)[rows, source_patch]  # (B, T, k, D)
+        slots = self.slots(latent_out)  # (B, P, k, D)
 
         def read(i, h):  # cross-attention i, to each byte's slots
-            return self.crosses[i](h[:, :, None, :], kv).squeeze(2)  # (B, T, D)
+            return self.crosses[i](h[:, :, None, :], slots, gather=source_patch).squeeze(2)  # (B, T, D)
 
         if not self.every_layer:
             h = read(0, h)

@@ -6,11 +6,13 @@
 
 Pooling: each patch gets k query vectors, initialised by max-pooling the byte states of the
 patch and projecting D_enc -> k*D_enc; the queries of patch j attend only to the bytes of
-patch j. The k outputs are concatenated and projected to the latent width (or passed as they
-are when k*D_enc is the latent width and `latent_projection` is 'when_widths_differ', as in the
-released models). A patch vector therefore depends on its own bytes (and, through the causal
-byte blocks, on bytes before them), never on a later byte. Rows are padded to P patches; a
-padding patch's queries attend to every byte of the row so its (unused) vector stays finite.
+patch j (CrossAttention with `segment=`: a patch's bytes are contiguous, so the scores are
+k per byte, with no (P*k x T) mask). The k outputs are concatenated and projected to the latent
+width (or passed as they are when k*D_enc is the latent width and `latent_projection` is
+'when_widths_differ', as in the released models). A patch vector therefore depends on its own
+bytes (and, through the causal byte blocks, on bytes before them), never on a later byte. Rows
+are padded to P patches; a padding patch has no bytes, so its (unused) vector is its queries'
+projection, finite.
 
 `cross_layers` 'last': the queries cross-attend once, to the stack's output. 'every_layer' (the
 paper's form): the queries are made from the first layer's states and cross-attend after every
@@ -33,14 +35,6 @@ from blt.models.hash_ngram import HashNgramEmbedding
 from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
 from blt.vocab import BOS_ID
-
-
-def pool_mask(byte_patch: torch.Tensor, n_patches: torch.Tensor, P: int, k: int) -> torch.Tensor:
-    """Query slot s (of patch s // k) may see byte t when byte t lies in that patch. (B, 1, P*k, T)"""
-    slot_patch = torch.arange(P * k, device=byte_patch.device) // k  # (P*k,)
-    allowed = byte_patch[:, None, :] == slot_patch[None, :, None]  # (B, P*k, T)
-    allowed |= (slot_patch[None, :] >= n_patches[:, None])[..., None]  # padding patches see all
-    return allowed[:, None]
 
 
 class LocalEncoder(nn.Module):
@@ -96,31 +90,33 @@ class LocalEncoder(nn.Module):
         *lead, P, D = pooled.shape
         return self.query_proj(pooled).view(*lead, P * self.k, D)
 
-    def _pool(self, queries: torch.Tensor, states: list, mask: torch.Tensor) -> torch.Tensor:
-        """k queries per patch cross-attend to each set of states -> patch vectors (..., P, D_latent)"""
+    def _pool(self, queries: torch.Tensor, states: list, byte_patch: torch.Tensor) -> torch.Tensor:
+        """k queries per patch (B, P*k, D) cross-attend to their patch's bytes in each set of
+        states (B, T, D), byte_patch (B, T) -> patch vectors (B, P, D_latent)"""
         pools = self.pool if self.every_layer else [self.pool]
+        B, Pk, D = queries.shape
+        queries = queries.view(B, Pk // self.k, self.k, D)  # (B, P, k, D)
         for pool, h in zip(pools, states):
-            queries = pool(queries, h, mask)  # (..., P*k, D)
-        *lead, Pk, D = queries.shape
-        out = queries.reshape(*lead, Pk // self.k, self.k * D)
+            queries = pool(queries, h, segment=byte_patch)
+        out = queries.flatten(-2)  # (B, P, k*D)
         return out if self.to_latent is None else self.to_latent(out)
 
-    def pool_patches(self, states: list, byte_patch, n_patches, P: int) -> torch.Tensor:
-        """Per-layer byte states [(B, T, D)], byte_patch (B, T), n_patches (B,) -> patch vectors (B, P, D_latent)"""
+    def pool_patches(self, states: list, byte_patch, P: int) -> torch.Tensor:
+        """Per-layer byte states [(B, T, D)], byte_patch (B, T) -> patch vectors (B, P, D_latent)"""
         first = states[0]
         B, T, D = first.shape
         # max-pool each patch's byte states; padding patches keep zeros
         index = byte_patch[..., None].expand(B, T, D)
         pooled = first.new_zeros(B, P, D).scatter_reduce(1, index, first, reduce="amax", include_self=False)
-        return self._pool(self._queries(pooled), states, pool_mask(byte_patch, n_patches, P, self.k))
+        return self._pool(self._queries(pooled), states, byte_patch)
 
     def pool_patch(self, states: list, valid: torch.Tensor) -> torch.Tensor:
         """One patch per row: its per-layer byte states [(n, L, D)], valid (n, L) -> (n, D_latent)"""
         pooled = states[0].masked_fill(~valid[..., None], float("-inf")).amax(dim=1)  # (n, D)
-        return self._pool(self._queries(pooled[:, None]), states, valid[:, None, None, :])[:, 0]
+        return self._pool(self._queries(pooled[:, None]), states, (~valid).long())[:, 0]  # invalid: dropped
 
-    def forward(self, ids, byte_patch, n_patches, P: int):
-        """ids (B, T), byte_patch (B, T) patch index of each byte, n_patches (B,) real patches
-        per row, P = padded patch count -> (byte states (B, T, D_enc), patches (B, P, D_latent))"""
+    def forward(self, ids, byte_patch, P: int):
+        """ids (B, T), byte_patch (B, T) patch index of each byte, P = padded patch count
+        -> (byte states (B, T, D_enc), patches (B, P, D_latent))"""
         h, states = self.byte_states(ids)  # (B, T, D)
-        return h, self.pool_patches(states, byte_patch, n_patches, P)
+        return h, self.pool_patches(states, byte_patch, P)

@@ -17,8 +17,10 @@ stored holds entropies only (its entropies.json lists no signals), and asking it
 surprisals says to recompute it. The values are computed by blt.evaluation.entropies; this
 module only writes and reads them. Data files are written under temporary names and renamed;
 entropies.json goes last, so a directory with entropies.json always holds complete data. The
-data files' disk space is taken before they are filled, and the temporaries are removed on any
-error or Ctrl-C.
+files' disk space is taken before they are filled, and the temporaries are removed on any
+error or Ctrl-C. Several processes (torchrun) write one file together: rank 0 creates the
+temporary files, every rank fills its own disjoint ranges of them, and rank 0 renames them and
+writes entropies.json once every rank has flushed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from blt.data.corpus import Corpus
 from blt.errors import UserError
@@ -59,32 +62,54 @@ def corpus_fingerprint(corpus: Corpus) -> dict:
 
 
 class EntropyFileWriter:
-    """Fill `data[signal]` (float16 memmaps of N values, zeros to start with) for every signal
-    and hand the EOS values to `finish`. Used as a context manager: if its block raises (Ctrl-C
-    included), the temporaries are removed."""
+    """Fill `data[signal]` (float16 memmaps of N values) and `eos[signal]` (D values) for every
+    signal, zeros to start with, then `finish`. Used as a context manager: if its block raises
+    (Ctrl-C included), the temporaries are removed.
 
-    def __init__(self, out_dir, n_bytes: int):
-        self.out_dir = make_directory(out_dir)
-        self.tmp = {signal: temporary_name(self.out_dir / data_file) for signal, (data_file, _) in FILES.items()}
-        self.data = {}
-        try:
-            for signal, tmp in self.tmp.items():
-                with write_errors(self.out_dir / FILES[signal][0]):
-                    with open(tmp, "wb") as f:
+    Under torch.distributed every rank makes one and writes its own disjoint ranges; the
+    constructor and `finish` are collective (every rank calls them)."""
+
+    def __init__(self, out_dir, n_bytes: int, n_eos: int):
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+        self.sizes = {}  # temporary name -> values
+        created = [None]
+        if self.rank == 0:
+            make_directory(self.out_dir)
+            for data_file, eos_file in FILES.values():
+                self.sizes[temporary_name(self.out_dir / data_file)] = n_bytes
+                self.sizes[temporary_name(self.out_dir / eos_file)] = n_eos
+            try:
+                for tmp, n in self.sizes.items():
+                    with write_errors(tmp), open(tmp, "wb") as f:
                         if hasattr(os, "posix_fallocate"):  # the disk space up front: a full disk fails here,
-                            os.posix_fallocate(f.fileno(), 0, 2 * n_bytes)  # not as SIGBUS in the memory map
+                            os.posix_fallocate(f.fileno(), 0, 2 * max(n, 1))  # not as SIGBUS in the memory map
                         else:
-                            f.truncate(2 * n_bytes)
-                    self.data[signal] = np.memmap(tmp, dtype=np.float16, mode="r+", shape=(n_bytes,))
-        except BaseException:
-            self._remove_temporaries()
-            raise
+                            f.truncate(2 * max(n, 1))
+                created = [self.sizes]
+            finally:
+                if self.world > 1:  # the others learn rank 0's temporary names (they hold its pid), or its failure
+                    dist.broadcast_object_list(created, src=0)
+                if created[0] is None:
+                    self._remove_temporaries()
+        elif self.world > 1:
+            dist.broadcast_object_list(created, src=0)
+            if created[0] is None:
+                raise UserError(f"could not create the entropy file in {self.out_dir} (see rank 0's error)")
+        self.sizes = created[0]
+        names = list(self.sizes)
+
+        def open_map(i):
+            return np.memmap(names[i], dtype=np.float16, mode="r+", shape=(max(self.sizes[names[i]], 1),))
+
+        self.data = {signal: open_map(2 * i) for i, signal in enumerate(FILES)}
+        self.eos = {signal: open_map(2 * i + 1) for i, signal in enumerate(FILES)}
 
     def _remove_temporaries(self) -> None:
-        self.data = {}  # the memory maps let go of their files
-        for signal, (_, eos_file) in FILES.items():
-            remove_quietly(self.tmp[signal])
-            remove_quietly(temporary_name(self.out_dir / eos_file))
+        self.data, self.eos = {}, {}  # the memory maps let go of their files
+        if self.rank == 0:
+            for tmp in self.sizes:
+                remove_quietly(tmp)
 
     def __enter__(self) -> "EntropyFileWriter":
         return self
@@ -94,17 +119,28 @@ class EntropyFileWriter:
             self._remove_temporaries()
         return False
 
-    def finish(self, eos: dict[str, list[float]], meta: dict) -> None:
+    def finish(self, meta: dict) -> None:
         """Make the file complete: data, EOS values (per signal), then entropies.json (with `meta`)."""
-        (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
-        for signal, (data_file, eos_file) in FILES.items():
-            with write_errors(self.out_dir / data_file):
-                self.data.pop(signal).flush()
-                tmp_eos = temporary_name(self.out_dir / eos_file)
-                np.asarray(eos[signal], dtype=np.float16).tofile(tmp_eos)
-                os.replace(self.tmp[signal], self.out_dir / data_file)
-                os.replace(tmp_eos, self.out_dir / eos_file)
-        atomic_write_text(self.out_dir / META_FILE, json.dumps({**meta, "signals": list(FILES)}, indent=1))
+        for values in (*self.data.values(), *self.eos.values()):
+            values.flush()
+        self.data, self.eos = {}, {}
+        if self.world > 1:
+            dist.barrier()  # every rank's ranges are on disk
+        if self.rank == 0:
+            (self.out_dir / META_FILE).unlink(missing_ok=True)  # an older file must never describe the new data
+            finals = [self.out_dir / name for pair in FILES.values() for name in pair]
+            for (tmp, n), final in zip(self.sizes.items(), finals):
+                with write_errors(final):
+                    if n == 0:
+                        Path(tmp).write_bytes(b"")  # a memmap cannot be empty: the placeholder value goes
+                    os.replace(tmp, final)
+            atomic_write_text(self.out_dir / META_FILE, json.dumps({**meta, "signals": list(FILES)}, indent=1))
+        if self.world > 1:
+            dist.barrier()  # no rank goes on before the file is complete
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @dataclass

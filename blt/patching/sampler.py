@@ -1,7 +1,8 @@
 """Training batches with patch starts: WindowSampler's windows, patched on the fly.
 
-The windows are exactly WindowSampler's (same pure function of seed, rank, step, micro), so
-a patched run draws the same bytes as a byte-level run with the same seed. The patcher's
+The windows are exactly WindowSampler's (same pure function of seed, rank, world, step, micro,
+from the same shard of the split), so a patched run draws the same bytes as a byte-level run
+with the same seed, and a rank reads only its shard's part of the entropy file. The patcher's
 signal (entropies or surprisals, blt.patching.entropy) comes from the precomputed entropy file
 (`entropy_file.SplitEntropies` of the same split and signal): a byte position gets the value
 stored for that byte, an EOS position the stored EOS value, a BOS position 0 (it and the byte
@@ -34,6 +35,7 @@ class PatchedWindowSampler:
         batch_size: int,
         seed: int,
         rank: int = 0,
+        world: int = 1,
     ):
         if entropies is not None and not isinstance(entropies, SplitEntropies):
             raise TypeError("entropies must be a SplitEntropies (EntropyFile.split(name, signal)), with its EOS values")
@@ -41,7 +43,7 @@ class PatchedWindowSampler:
             raise ValueError(f"{type(patcher).__name__} needs the split's entropies (its {patcher.signal} values)")
         if entropies is not None and len(entropies.data) != split.n_bytes:
             raise ValueError(f"entropies hold {len(entropies.data)} values for a split of {split.n_bytes} bytes")
-        self.windows = WindowSampler(split, seq_len, batch_size, seed, rank)
+        self.windows = WindowSampler(split, seq_len, batch_size, seed, rank, world)
         self.stream = self.windows.stream
         if entropies is not None and len(entropies.eos) != len(self.stream.doc_len):
             raise ValueError(f"{len(entropies.eos)} EOS entropies for {len(self.stream.doc_len)} documents")

@@ -33,6 +33,10 @@ class DataConfig:
     data_dir: str | None = None  # where pre-downloaded corpora (enwik8) live; also $BLT_DATA_DIR
     batch_size: int = 16  # windows per optimizer step per rank (before grad_accum)
     max_bytes: int | None = None  # use only the corpus's first N bytes (splits cut from those)
+    # files: one document per file; jsonl / parquet: one per record, read in place (blt.data.shards);
+    # auto: shards when every file of the corpus ends in .jsonl (or every one in .parquet)
+    format: Literal["auto", "files", "jsonl", "parquet"] = "auto"
+    text_field: str = "text"  # the JSONL field or Parquet column holding a record's text
 
     def validate(self):
         must(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)

@@ -26,7 +26,8 @@ def run_corpus(run: OpenRun, data: str | None = None) -> Corpus:
         raise UserError(f"{run.path} is a Hugging Face checkpoint, with no corpus of its own: pass --data")
     if data is None:
         return open_corpus(run.cfg.data)
-    return load_corpus(resolve_corpus(data), "auto", run.cfg.data.data_dir)
+    d = run.cfg.data
+    return load_corpus(resolve_corpus(data), "auto", d.data_dir, d.format, d.text_field)
 
 
 def eval_documents(run: OpenRun, data: str | None, split: str, max_bytes: int | None) -> tuple[Corpus, list]:

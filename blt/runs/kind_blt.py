@@ -4,14 +4,15 @@ Resolved once before the first step and stored in the run (a resumed run recompu
 1. The entropy model (patching.entropy_run, a byte-level run) for entropy patchers: its
    architecture is copied into cfg.entropy_model, its weights go into the BLT (frozen), so the
    BLT checkpoint carries them and the run rebuilds alone.
-2. The corpus's entropy file, <run>/entropies/, computed with that model (rank 0; the other
-   ranks wait): training windows read their boundaries' entropies (or surprisals, for
+2. The corpus's entropy file, <run>/entropies/, computed with that model (every rank its share
+   of the corpus): training windows read their boundaries' entropies (or surprisals, for
    equal-information patching) from it. A file without the patcher's signal is recomputed.
 3. Thresholds left null are calibrated on the VALIDATION split (held-out bytes) so the mean
    patch size hits patching.target_patch_size; the value and the size achieved are written
    into config.yaml (the resolved config) and <run>/patching.json.
 4. Causal-BPE patching: a vocabulary learned from the training split, <run>/bpe_vocab.json.
-One input position is one byte; a step's training FLOPs depend on its batch's patch size.
+One input position is one byte; a step's training FLOPs depend on its batch's patch counts
+(every row is padded to the longest; the latent packs rows: see flops.blt_flops).
 """
 from __future__ import annotations
 
@@ -89,9 +90,10 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     if p.needs_entropy:
         cfg = dataclasses.replace(cfg, entropy_model=entropy_run_config(cfg).model)
         ent_dir = run_dir / layout.ENTROPY_DIR
-        if env.rank == 0 and p.signal not in stored_signals(ent_dir):
+        missing = p.signal not in stored_signals(ent_dir)
+        env.barrier()  # every rank has looked before any rank writes
+        if missing:  # every rank computes its share (collective)
             write_run_entropies(p.entropy_run, corpus, ent_dir, device=env.device, progress=cfg.train.progress)
-        env.barrier()
     if p.kind == "bpe" and not (run_dir / layout.BPE_VOCAB).is_file():
         if env.rank == 0:
             vocab = train_bpe(corpus.split("train").data, p.bpe_vocab_size, p.bpe_sample_bytes)
@@ -133,16 +135,16 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     return patching
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int) -> PatchedWindowSampler:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
+            world: int = 1) -> PatchedWindowSampler:
     """Training batches {'ids', 'targets', 'starts'} for a prepared BLT run."""
     vocab = load_bpe_vocab(run_dir / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     patcher = build_patcher(cfg.patching, vocab)
     entropies = None
     if patcher.needs_entropy:
         entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train", patcher.signal)
-    return PatchedWindowSampler(
-        corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size, cfg.train.seed, rank
-    )
+    return PatchedWindowSampler(corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size,
+                                cfg.train.seed, rank, world)
 
 
 def after_init(model, cfg: RunConfig) -> None:
@@ -152,9 +154,14 @@ def after_init(model, cfg: RunConfig) -> None:
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:
-    """At the bytes per patch of the batch the stats describe (targets / patches)."""
-    bytes_per_patch = stats["targets"] / max(stats["patches"], 1)
-    return blt_flops(cfg.blt, max(float(bytes_per_patch), 1.0)).train_per_byte
+    """The FLOPs executed on the batch the stats describe (blt.models.blt.patch_stats, from
+    ByteLatentTransformer.loss or study.measure_patches), padding included: its input positions
+    per patch slot of the local models (B*T / patch_slots) and per patch the latent computed
+    (B*T / latent_patches)."""
+    positions = cfg.data.batch_size * cfg.blt.context
+    per_slot = max(positions / max(stats["patch_slots"], 1), 1.0)
+    per_latent = max(positions / max(stats["latent_patches"], 1), per_slot)
+    return blt_flops(cfg.blt, per_slot, latent_patch_size=per_latent).train_per_byte
 
 
 def describe(model, cfg: RunConfig, docs: list) -> tuple[dict, FlopReport]:

@@ -52,10 +52,11 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     return cfg
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int) -> TokenWindowSampler:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
+            world: int = 1) -> TokenWindowSampler:
     """Training batches {'ids', 'targets'} for a prepared BPE run."""
     tokens = _train_tokens(corpus, run_dir)
-    return TokenWindowSampler(tokens, cfg.bpe.context, cfg.data.batch_size, cfg.train.seed, rank)
+    return TokenWindowSampler(tokens, cfg.bpe.context, cfg.data.batch_size, cfg.train.seed, rank, world)
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:

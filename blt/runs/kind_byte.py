@@ -38,9 +38,9 @@ class ByteWindows:
         return {"ids": x, "targets": y}
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int) -> ByteWindows:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int, world: int = 1) -> ByteWindows:
     return ByteWindows(WindowSampler(corpus.split("train"), cfg.model.context, cfg.data.batch_size,
-                                     cfg.train.seed, rank))
+                                     cfg.train.seed, rank, world))
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:

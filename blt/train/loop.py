@@ -2,8 +2,9 @@
 
 Contract with models and data, through the run's kind (blt.runs.kinds):
 - `kind.prepare` resolves what the run needs before its first step; `kind.sampler(cfg, corpus,
-  run_dir, rank)` returns an object whose `.batch(step, micro)` gives a dict of tensors, a pure
-  function of (seed, rank, step, micro); the loop calls `loss, stats = model.loss(**batch)`.
+  run_dir, rank, world)` returns an object whose `.batch(step, micro)` gives a dict of tensors, a
+  pure function of (seed, rank, world, step, micro), drawn from the rank's shard of the data;
+  the loop calls `loss, stats = model.loss(**batch)`.
   `loss` is the mean over `stats['targets']` scored targets; any other numeric stat (BLT's
   'patches') is summed over micro-steps and ranks and logged with its rate.
 - Training FLOPs (blt.evaluation.flops, 3 x forward): each micro-step is charged its input
@@ -200,7 +201,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     t, total = cfg.train, cfg.train.steps
     kind = kind_of(cfg)
     cfg = kind.prepare(cfg, corpus, out_dir, env)
-    sampler = kind.sampler(cfg, corpus, out_dir, env.rank)
+    sampler = kind.sampler(cfg, corpus, out_dir, env.rank, env.world)  # this rank's shard of the data
     val_split = corpus.split("val")
 
     model = setup_model(cfg, env.device, out_dir)
