@@ -114,13 +114,12 @@ def no_network(monkeypatch) -> list:
     return attempts
 
 
-@pytest.fixture
-def entropy_run(tmp_path):
+def make_entropy_run(parent: Path) -> tuple[Path, ByteLM]:
     """A byte-level run directory (1 layer, width 32, window 16) holding its initial weights:
     (run directory, the model in eval mode)."""
     cfg = RunConfig()
     cfg.model = ByteLMConfig(dim=32, n_layers=1, n_heads=2, context=32, window=16)
-    run = tmp_path / "ent_run"
+    run = parent / "ent_run"
     run.mkdir()
     save_yaml(cfg, run / "config.yaml")
     torch.manual_seed(0)
@@ -128,3 +127,8 @@ def entropy_run(tmp_path):
     model.init_weights()
     save_checkpoint(run, 1, model, cfg, {})
     return run, model.eval()
+
+
+@pytest.fixture
+def entropy_run(tmp_path):
+    return make_entropy_run(tmp_path)

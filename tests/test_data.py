@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA
 import blt.data.enwik8 as enwik8
 from blt.data.corpus import load_corpus
-from blt.data.stream import VirtualStream, WindowSampler
+from blt.data.stream import ShardPlan, VirtualStream, WindowSampler, draw_starts
 from blt.errors import UserError
 from blt.vocab import BOS_ID, EOS_ID
 
@@ -114,33 +114,60 @@ def test_windows_put_bos_and_eos_at_document_edges(tmp_path):
         assert row_y == expected[start + 1 : start + 7]
 
 
-def test_sampler_is_a_pure_function_of_seed_rank_step():
+def test_sampler_is_a_pure_function_of_seed_plan_step():
     split = load_corpus(str(SHAKESPEARE)).split("train")
-    a = WindowSampler(split, seq_len=32, batch_size=4, seed=1, rank=0)
+    a = WindowSampler(split, seq_len=32, batch_size=4, seed=1)
     first = [a.batch(s)[0] for s in range(4)]
-    fresh = WindowSampler(split, seq_len=32, batch_size=4, seed=1, rank=0)
+    fresh = WindowSampler(split, seq_len=32, batch_size=4, seed=1)
     assert all((fresh.batch(s)[0] == first[s]).all() for s in (3, 0, 2, 1))  # any order, any instance
     assert not (a.batch(0)[0] == a.batch(1)[0]).all()
-    assert not (WindowSampler(split, 32, 4, seed=1, rank=1, world=2).batch(0)[0] == first[0]).all()
-    assert not (WindowSampler(split, 32, 4, seed=2, rank=0).batch(0)[0] == first[0]).all()
+    assert not (WindowSampler(split, 32, 4, 1, ShardPlan(rank=1, world=2)).batch(0)[0] == first[0]).all()
+    assert not (WindowSampler(split, 32, 4, seed=2).batch(0)[0] == first[0]).all()
+    # one process, one shard: the draws of the key (seed, 0, step, micro), as before shard plans
+    two = WindowSampler(split, 32, 4, 1, ShardPlan(grad_accum=2))
+    for step, micro in ((0, 0), (5, 1)):
+        want = draw_starts((0, two.stream.length), 32, 4, [1, 0, step, micro])
+        assert (two.starts(step, micro) == want).all()
+    with pytest.raises(ValueError, match="micro-step 1"):
+        a.starts(0, 1)
 
 
 def test_each_rank_draws_only_from_its_shard():
     split = load_corpus(str(SHAKESPEARE)).split("train")
     whole = WindowSampler(split, 32, 64, seed=1)
     length = whole.stream.length
-    assert whole.shard == (0, length)
+    assert whole.starts.bounds == {0: (0, length)}
     for world in (2, 3):
         for rank in range(world):
-            s = WindowSampler(split, 32, 64, seed=1, rank=rank, world=world)
+            s = WindowSampler(split, 32, 64, 1, ShardPlan(rank, world))
             lo, hi = rank * length // world, (rank + 1) * length // world
             starts = np.concatenate([s.starts(step) for step in range(20)])
             assert starts.min() >= lo and starts.max() + 33 <= hi  # whole windows inside the shard
             assert starts.max() - starts.min() > (hi - lo) // 2  # and spread over it
-            again = WindowSampler(split, 32, 64, seed=1, rank=rank, world=world)
-            assert (again.starts(7) == s.starts(7)).all()  # a pure function of (seed, rank, world, step)
-    with pytest.raises(UserError, match="rank 1's 1/2"):
-        WindowSampler(split, length // 2, 4, seed=1, rank=1, world=2)
+            again = WindowSampler(split, 32, 64, 1, ShardPlan(rank, world))
+            assert (again.starts(7) == s.starts(7)).all()  # a pure function of (seed, plan, step)
+    with pytest.raises(UserError, match="shard 1 of 2"):
+        WindowSampler(split, length // 2, 4, 1, ShardPlan(1, 2))
+
+
+def test_fixed_shards_make_the_global_batch_independent_of_world_and_accumulation():
+    split = load_corpus(str(SHAKESPEARE)).split("train")
+
+    def global_batch(world, accum, step):
+        return np.concatenate([
+            WindowSampler(split, 32, 4, 1, ShardPlan(rank, world, accum, shards=2)).starts(step, micro)
+            for rank in range(world) for micro in range(accum)
+        ])
+
+    for step in (0, 3):
+        one = global_batch(1, 4, step)
+        assert (global_batch(2, 2, step) == one).all() and (global_batch(4, 1, step) == one).all()
+        length = WindowSampler(split, 32, 4, 1).stream.length
+        assert one[:8].max() < length // 2 <= one[8:].min()  # micro-batches 0-1 from shard 0, 2-3 from shard 1
+    one_shard = np.concatenate([WindowSampler(split, 32, 4, 1, ShardPlan(grad_accum=4)).starts(0, m) for m in range(4)])
+    assert not (one_shard == global_batch(1, 4, 0)).all()  # the shards are part of the draw
+    with pytest.raises(UserError, match="data.shards=3"):
+        ShardPlan(0, 1, 2, shards=3)
 
 
 @pytest.fixture

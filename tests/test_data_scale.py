@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from blt.data.corpus import load_corpus
-from blt.data.stream import WindowSampler
+from blt.data.stream import ShardPlan, WindowSampler
 from blt.errors import UserError
 from blt.evaluation.entropies import write_entropy_file
 from blt.patching.entropy_file import load_entropy_file
@@ -73,8 +73,8 @@ def test_shards_read_in_place_as_one_byte_array(shards, blt_cache):
             assert [bytes(np.asarray(x)) for x in a.documents()] == [bytes(x) for x in b.documents()]
         # training windows are those of the same documents given as files
         for rank in (0, 1):
-            x, y = WindowSampler(c.split("train"), 24, 6, seed=3, rank=rank, world=2).batch(5)
-            x0, y0 = WindowSampler(plain.split("train"), 24, 6, seed=3, rank=rank, world=2).batch(5)
+            x, y = WindowSampler(c.split("train"), 24, 6, 3, ShardPlan(rank, 2)).batch(5)
+            x0, y0 = WindowSampler(plain.split("train"), 24, 6, 3, ShardPlan(rank, 2)).batch(5)
             assert torch.equal(x, x0) and torch.equal(y, y0)
     # read in place: the cache holds small indexes (and the plain files' concatenation), no copy of the shards
     index_bytes = sum(p.stat().st_size for p in (blt_cache / "shards").iterdir())

@@ -7,7 +7,7 @@ import torch
 from conftest import SHARED_DATA
 from blt.config import from_dict
 from blt.data.corpus import load_corpus
-from blt.data.stream import WindowSampler
+from blt.data.stream import ShardPlan, WindowSampler
 from blt.errors import UserError
 from blt.models.byte_lm import ByteLM, ByteLMConfig
 from blt.patching.entropy import online_signal
@@ -305,11 +305,12 @@ def test_sampler_gathers_entropies_and_is_deterministic(small_split):
     ent = SplitEntropies(rng.uniform(0, 3, small_split.n_bytes).astype(np.float16),
                          rng.uniform(0, 3, n_docs).astype(np.float16))
     patcher = EntropyPatcher(1.5, max_patch_length=6)
-    sampler = PatchedWindowSampler(small_split, ent, patcher, seq_len=32, batch_size=4, seed=3)
+    sampler = PatchedWindowSampler(small_split, ent, patcher, seq_len=32, batch_size=4, seed=3,
+                                   plan=ShardPlan(grad_accum=2))
     b1, b2 = sampler.batch(5, 1), sampler.batch(5, 1)
     assert all(torch.equal(b1[k], b2[k]) for k in b1)
     assert not torch.equal(sampler.batch(6)["ids"], b1["ids"])
-    x, y = WindowSampler(small_split, 32, 4, seed=3).batch(5, 1)
+    x, y = WindowSampler(small_split, 32, 4, 3, ShardPlan(grad_accum=2)).batch(5, 1)
     assert torch.equal(b1["ids"], x) and torch.equal(b1["targets"], y)
     # the virtual stream spelled out: [BOS 0] [byte ent[offset]]... [EOS eos[d]] per document
     stream = []
@@ -319,7 +320,7 @@ def test_sampler_gathers_entropies_and_is_deterministic(small_split):
             stream += [(BOS_ID, 0.0)] + [(int(small_split.data[o]), float(ent.data[o])) for o in range(a, b)]
             stream += [(EOS_ID, float(ent.eos[d]))]
             d += 1
-    starts = WindowSampler(small_split, 32, 4, seed=3).starts(5, 1)
+    starts = WindowSampler(small_split, 32, 4, 3, ShardPlan(grad_accum=2)).starts(5, 1)
     want_ids = torch.tensor([[stream[s + i][0] for i in range(33)] for s in starts])
     want_ent = torch.tensor([[stream[s + i][1] for i in range(33)] for s in starts])
     assert torch.equal(want_ids[:, :-1], b1["ids"])

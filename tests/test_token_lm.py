@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from blt.config import from_dict
 from blt.data import bpe
 from blt.data.corpus import ByteSplit, load_corpus
+from blt.data.stream import ShardPlan
 from blt.data.tokens import BOS, EOS, PAD, TokenWindowSampler, cached_tokens, load_tokenizer, train_tokenizer
 from blt.errors import UserError
 from blt.evaluation.bpb import evaluate_split, split_documents
@@ -242,13 +243,13 @@ def test_cached_tokens_lay_out_documents_and_are_remade_when_stale(tok, tmp_path
 
 def test_window_sampler_is_a_pure_function_of_its_arguments():
     tokens = np.arange(1000, dtype=np.uint16)
-    s = TokenWindowSampler(tokens, seq_len=16, batch_size=4, seed=3)
+    s = TokenWindowSampler(tokens, seq_len=16, batch_size=4, seed=3, plan=ShardPlan(grad_accum=2))
     b = s.batch(5, 1)
     assert b["ids"].shape == b["targets"].shape == (4, 16) and b["ids"].dtype == torch.long
     assert torch.equal(b["targets"][:, :-1], b["ids"][:, 1:])  # next-token targets
     assert torch.equal(b["ids"][:, 1:] - b["ids"][:, :-1], torch.ones(4, 15, dtype=torch.long))  # contiguous
-    assert torch.equal(TokenWindowSampler(tokens, 16, 4, 3).batch(5, 1)["ids"], b["ids"])
-    for other in (s.batch(5, 0), s.batch(6, 1), TokenWindowSampler(tokens, 16, 4, 3, rank=1, world=2).batch(5, 1)):
+    assert torch.equal(TokenWindowSampler(tokens, 16, 4, 3, ShardPlan(grad_accum=2)).batch(5, 1)["ids"], b["ids"])
+    for other in (s.batch(5, 0), s.batch(6, 1), TokenWindowSampler(tokens, 16, 4, 3, ShardPlan(1, 2, 2)).batch(5, 1)):
         assert not torch.equal(other["ids"], b["ids"])
     assert int(b["targets"].max()) <= 999
     with pytest.raises(UserError, match="fewer than one window"):

@@ -107,7 +107,7 @@ def test_tiny_run_learns_and_records_itself(text_file, tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, (rows[0]["loss"], rows[-1]["loss"])
     for r in rows:
         assert r["bpb"] == pytest.approx(r["loss"] / math.log(2))
-        for key in ("lr", "grad_norm", "bytes_per_s", "elapsed", "tokens", "targets"):
+        for key in ("lr", "grad_norm", "bytes_per_s", "elapsed", "tokens", "targets", "peak_mem_mb"):
             assert key in r, key
     assert [r["step"] for r in rows if "val_bpb" in r] == [20, 40]
     assert rows[-1]["tokens"] == 40 * 2 * 8 * 32  # steps x micro-steps x batch x context

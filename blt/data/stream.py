@@ -4,14 +4,18 @@ The split's bytes stay in their uint8 memory map. Documents are laid out virtual
 [BOS, b_1..b_n, EOS] back to back; a window is a slice of that virtual stream, gathered
 with one vectorised index, so nothing is ever copied into Python lists.
 
-Batches are a pure function of (seed, rank, world, step, micro): resuming at step s draws
-exactly the batches an uninterrupted run would have drawn. Each rank of a torchrun job of
-`world` ranks draws its windows only from ITS SHARD, the rank-th contiguous 1/world of the
-stream (`rank_shard`), so a rank reads only its part of the bytes (and of the entropy file,
-which is aligned with them): at scale, each node touches 1/world of the corpus. One process
-(world 1) draws from the whole stream, as before sharding existed.
+Batches are a pure function of (seed, step, global micro-batch index) and the ShardPlan:
+resuming at step s draws exactly the batches an uninterrupted run would have drawn. A step's
+global batch is world x grad_accum micro-batches; the stream is cut into contiguous shards and
+each micro-batch draws from one of them (`ShardPlan`). By default there is one shard per rank,
+so a rank reads only its part of the bytes (and of the entropy file, which is aligned with
+them): at scale, each node touches 1/world of the corpus. With a fixed number of shards
+(`data.shards`) the global batch no longer depends on how it is split into ranks and
+micro-steps. One process with one shard draws from the whole stream.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,27 +60,77 @@ def rank_shard(length: int, seq_len: int, rank: int, world: int, unit: str = "po
         raise ValueError(f"rank {rank} outside a world of {world}")
     lo, hi = rank * length // world, (rank + 1) * length // world
     if hi - lo < seq_len + 1:
-        where = "the split" if world == 1 else f"rank {rank}'s 1/{world} of the split"
+        where = "the split" if world == 1 else f"shard {rank} of {world} of the split"
         raise UserError(f"{where} holds {hi - lo} {unit}, fewer than one window of {seq_len + 1}")
     return lo, hi
 
 
 def draw_starts(shard: tuple[int, int], seq_len: int, batch_size: int, key: list[int]) -> np.ndarray:
-    """Window starts in a shard, a pure function of key (seed, rank, step, micro). (batch_size,)"""
+    """Window starts in a shard, a pure function of key. (batch_size,)"""
     rng = np.random.default_rng(key)
     return rng.integers(shard[0], shard[1] - seq_len, size=batch_size)
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which shard of the stream each micro-batch of this process draws from.
+
+    Micro-batch `micro` of rank `rank` is number g = rank * grad_accum + micro of the step's
+    world * grad_accum; it draws from shard g * n_shards // (world * grad_accum), keyed on
+    (seed, step, g). With shards = 0 (one per rank) every rank reads its own shard only; with a
+    fixed `shards`, 2 ranks x 1 micro-step and 1 process x 2 micro-steps draw the same windows."""
+
+    rank: int = 0
+    world: int = 1
+    grad_accum: int = 1
+    shards: int = 0  # 0: one per rank
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} outside a world of {self.world}")
+        if self.n_shards > self.world * self.grad_accum:
+            raise UserError(f"data.shards={self.shards} is more than the {self.world * self.grad_accum} micro-batches "
+                            f"of a step (world {self.world} x grad_accum {self.grad_accum}): some shards would "
+                            "never be read")
+
+    @property
+    def n_shards(self) -> int:
+        return self.shards or self.world
+
+    def slot(self, micro: int) -> int:
+        return self.rank * self.grad_accum + micro
+
+    def shard_of(self, micro: int) -> int:
+        return self.slot(micro) * self.n_shards // (self.world * self.grad_accum)
+
+    def key(self, seed: int, step: int, micro: int) -> list[int]:
+        # the 0 keeps a one-process run's draws what they were before shard plans existed
+        return [seed, 0, step, self.slot(micro)]
+
+
+class ShardedStarts:
+    """Window starts over a stream of `length` positions under a ShardPlan."""
+
+    def __init__(self, length: int, seq_len: int, batch_size: int, seed: int, plan: ShardPlan,
+                 unit: str = "positions"):
+        self.seq_len, self.batch_size, self.seed, self.plan = seq_len, batch_size, seed, plan
+        shards = sorted({plan.shard_of(m) for m in range(plan.grad_accum)})  # the ones this process reads
+        self.bounds = {i: rank_shard(length, seq_len, i, plan.n_shards, unit) for i in shards}
+
+    def __call__(self, step: int, micro: int = 0) -> np.ndarray:
+        if micro >= self.plan.grad_accum:
+            raise ValueError(f"micro-step {micro} of a plan with grad_accum {self.plan.grad_accum}")
+        shard = self.bounds[self.plan.shard_of(micro)]
+        return draw_starts(shard, self.seq_len, self.batch_size, self.plan.key(self.seed, step, micro))
+
+
 class WindowSampler:
-    """Draws (B, T+1) id windows from this rank's shard; x = w[:, :-1], y = w[:, 1:]."""
+    """Draws (B, T+1) id windows from this process's shards; x = w[:, :-1], y = w[:, 1:]."""
 
-    def __init__(self, split: ByteSplit, seq_len: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, split: ByteSplit, seq_len: int, batch_size: int, seed: int, plan: ShardPlan = ShardPlan()):
         self.stream = VirtualStream(split)
-        self.seq_len, self.batch_size, self.seed, self.rank = seq_len, batch_size, seed, rank
-        self.shard = rank_shard(self.stream.length, seq_len, rank, world)
-
-    def starts(self, step: int, micro: int = 0) -> np.ndarray:
-        return draw_starts(self.shard, self.seq_len, self.batch_size, [self.seed, self.rank, step, micro])
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.starts = ShardedStarts(self.stream.length, seq_len, batch_size, seed, plan)
 
     def window_positions(self, step: int, micro: int = 0) -> np.ndarray:
         """Virtual positions of the batch's windows. (B, T+1)"""

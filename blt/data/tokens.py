@@ -11,7 +11,7 @@ run keeps it as tokenizer.json); the BPE merges live there, the piece rule and b
 Token splits. A split is tokenized once into a flat memory map [BOS t_1..t_n EOS] per document
 (uint16, uint32 past 65536 tokens), with a JSON file naming the tokenizer and the bytes it came
 from; a stale cache is rebuilt. `TokenWindowSampler` draws (B, T+1) windows from it as a pure
-function of (seed, rank, step, micro), as `blt.data.stream.WindowSampler` does for bytes.
+function of (seed, step, micro) and a ShardPlan, as `blt.data.stream.WindowSampler` does for bytes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 
 from blt.data.bpe import BYTE_CHARS, chars_to_bytes, learn_bpe, piece_texts, token_strings
 from blt.data.corpus import ByteSplit
-from blt.data.stream import draw_starts, rank_shard
+from blt.data.stream import ShardedStarts, ShardPlan
 from blt.errors import UserError
 from blt.files import atomic_write_text, make_directory, open_output, read_json, read_text
 
@@ -172,14 +172,10 @@ def cached_tokens(tokenizer: BPETokenizer, split: ByteSplit, prefix, source: dic
 class TokenWindowSampler:
     """Draws (B, T+1) token windows from a token split; {'ids': w[:, :-1], 'targets': w[:, 1:]}."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, rank: int = 0,
-                 world: int = 1):
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, plan: ShardPlan = ShardPlan()):
         self.tokens = tokens
-        self.seq_len, self.batch_size, self.seed, self.rank = seq_len, batch_size, seed, rank
-        self.shard = rank_shard(len(tokens), seq_len, rank, world, "tokens")  # as WindowSampler's
-
-    def starts(self, step: int, micro: int = 0) -> np.ndarray:
-        return draw_starts(self.shard, self.seq_len, self.batch_size, [self.seed, self.rank, step, micro])
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.starts = ShardedStarts(len(tokens), seq_len, batch_size, seed, plan, "tokens")  # as WindowSampler's
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
         index = self.starts(step, micro)[:, None] + np.arange(self.seq_len + 1)[None, :]  # (B, T+1)

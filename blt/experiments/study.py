@@ -54,6 +54,7 @@ from blt.errors import UserError
 from blt.evaluation.bpb import split_documents
 from blt.evaluation.flops import byte_lm_flops
 from blt.evaluation.noise import NOISE_KINDS, check_noise, robustness, scoring_pairs
+from blt.data.stream import ShardPlan
 from blt.experiments.study_report import write_report
 from blt.files import atomic_write_text, make_directory, read_json, read_text
 from blt.models.blt import patch_stats
@@ -285,7 +286,7 @@ def train_to_end(cfg: RunConfig, run_dir: Path) -> None:
 def measure_patches(cfg: RunConfig, corpus, run_dir: Path, n_batches: int) -> dict:
     """A prepared BLT run's first training batches as ByteLatentTransformer.loss counts each
     (`patch_stats`), averaged over the batches: the stats of a mean batch."""
-    sampler = KINDS["blt"].sampler(cfg, corpus, run_dir, 0)
+    sampler = KINDS["blt"].sampler(cfg, corpus, run_dir, ShardPlan())
     total: dict = {}
     for step in range(n_batches):
         batch = sampler.batch(step)
@@ -298,7 +299,7 @@ def measure_bytes_per_token(cfg: RunConfig, corpus, run_dir: Path, n_batches: in
     """Mean bytes per token of a prepared BPE run's first training batches (targets that are
     BOS, EOS or PAD stand for no bytes and are not counted)."""
     lengths = load_tokenizer(run_dir / layout.TOKENIZER).token_lengths()
-    sampler = KINDS["bpe"].sampler(cfg, corpus, run_dir, 0)
+    sampler = KINDS["bpe"].sampler(cfg, corpus, run_dir, ShardPlan())
     n_bytes = n_tokens = 0
     for step in range(n_batches):
         per_token = lengths[sampler.batch(step)["targets"].numpy()]

@@ -1,7 +1,7 @@
 """Training batches with patch starts: WindowSampler's windows, patched on the fly.
 
-The windows are exactly WindowSampler's (same pure function of seed, rank, world, step, micro,
-from the same shard of the split), so a patched run draws the same bytes as a byte-level run
+The windows are exactly WindowSampler's (same pure function of seed, step, micro and
+ShardPlan, from the same shards of the split), so a patched run draws the same bytes as a byte-level run
 with the same seed, and a rank reads only its shard's part of the entropy file. The patcher's
 signal (entropies or surprisals, blt.patching.entropy) comes from the precomputed entropy file
 (`entropy_file.SplitEntropies` of the same split and signal): a byte position gets the value
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from blt.data.corpus import ByteSplit
-from blt.data.stream import WindowSampler
+from blt.data.stream import ShardPlan, WindowSampler
 from blt.patching.entropy_file import SplitEntropies
 from blt.patching.patchers import Patcher
 from blt.vocab import EOS_ID
@@ -34,8 +34,7 @@ class PatchedWindowSampler:
         seq_len: int,
         batch_size: int,
         seed: int,
-        rank: int = 0,
-        world: int = 1,
+        plan: ShardPlan = ShardPlan(),
     ):
         if entropies is not None and not isinstance(entropies, SplitEntropies):
             raise TypeError("entropies must be a SplitEntropies (EntropyFile.split(name, signal)), with its EOS values")
@@ -43,7 +42,7 @@ class PatchedWindowSampler:
             raise ValueError(f"{type(patcher).__name__} needs the split's entropies (its {patcher.signal} values)")
         if entropies is not None and len(entropies.data) != split.n_bytes:
             raise ValueError(f"entropies hold {len(entropies.data)} values for a split of {split.n_bytes} bytes")
-        self.windows = WindowSampler(split, seq_len, batch_size, seed, rank, world)
+        self.windows = WindowSampler(split, seq_len, batch_size, seed, plan)
         self.stream = self.windows.stream
         if entropies is not None and len(entropies.eos) != len(self.stream.doc_len):
             raise ValueError(f"{len(entropies.eos)} EOS entropies for {len(self.stream.doc_len)} documents")

@@ -37,10 +37,15 @@ class DataConfig:
     # auto: shards when every file of the corpus ends in .jsonl (or every one in .parquet)
     format: Literal["auto", "files", "jsonl", "parquet"] = "auto"
     text_field: str = "text"  # the JSONL field or Parquet column holding a record's text
+    # contiguous shards of the training stream (blt.data.stream.ShardPlan); 0: one per rank, so a
+    # rank reads only its own. A fixed number makes the global batch the same for every split of
+    # world x grad_accum (at most that many shards)
+    shards: int = 0
 
     def validate(self):
         must(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         must(self.max_bytes is None or self.max_bytes >= 1, "max_bytes", "at least 1 or null", self.max_bytes)
+        must(self.shards >= 0, "shards", "0 (one per rank) or more", self.shards)
 
 
 @dataclass

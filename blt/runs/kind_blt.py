@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from blt.data.corpus import Corpus
+from blt.data.stream import ShardPlan
 from blt.errors import UserError
 from blt.evaluation.bpb import patch_statistics, split_documents
 from blt.evaluation.entropies import write_entropy_file
@@ -135,8 +136,7 @@ def calibrated(cfg: RunConfig, corpus: Corpus, run_dir: Path):
     return patching
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
-            world: int = 1) -> PatchedWindowSampler:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, plan: ShardPlan) -> PatchedWindowSampler:
     """Training batches {'ids', 'targets', 'starts'} for a prepared BLT run."""
     vocab = load_bpe_vocab(run_dir / layout.BPE_VOCAB) if cfg.patching.kind == "bpe" else None
     patcher = build_patcher(cfg.patching, vocab)
@@ -144,7 +144,7 @@ def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
     if patcher.needs_entropy:
         entropies = load_entropy_file(run_dir / layout.ENTROPY_DIR, corpus).split("train", patcher.signal)
     return PatchedWindowSampler(corpus.split("train"), entropies, patcher, cfg.blt.context, cfg.data.batch_size,
-                                cfg.train.seed, rank, world)
+                                cfg.train.seed, plan)
 
 
 def after_init(model, cfg: RunConfig) -> None:

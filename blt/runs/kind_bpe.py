@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from blt.data.corpus import Corpus
+from blt.data.stream import ShardPlan
 from blt.data.tokens import TokenWindowSampler, cached_tokens, load_tokenizer, train_tokenizer
 from blt.errors import UserError
 from blt.files import make_directory, print_line
@@ -52,11 +53,10 @@ def prepare(cfg: RunConfig, corpus: Corpus, run_dir: Path, env) -> RunConfig:
     return cfg
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int,
-            world: int = 1) -> TokenWindowSampler:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, plan: ShardPlan) -> TokenWindowSampler:
     """Training batches {'ids', 'targets'} for a prepared BPE run."""
     tokens = _train_tokens(corpus, run_dir)
-    return TokenWindowSampler(tokens, cfg.bpe.context, cfg.data.batch_size, cfg.train.seed, rank, world)
+    return TokenWindowSampler(tokens, cfg.bpe.context, cfg.data.batch_size, cfg.train.seed, plan)
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from blt.data.corpus import Corpus
-from blt.data.stream import WindowSampler
+from blt.data.stream import ShardPlan, WindowSampler
 from blt.errors import UserError
 from blt.evaluation.flops import FlopReport, byte_lm_flops
 from blt.inference.byte_lm import generate_bytes
@@ -38,9 +38,9 @@ class ByteWindows:
         return {"ids": x, "targets": y}
 
 
-def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, rank: int, world: int = 1) -> ByteWindows:
+def sampler(cfg: RunConfig, corpus: Corpus, run_dir: Path, plan: ShardPlan) -> ByteWindows:
     return ByteWindows(WindowSampler(corpus.split("train"), cfg.model.context, cfg.data.batch_size,
-                                     cfg.train.seed, rank, world))
+                                     cfg.train.seed, plan))
 
 
 def train_flops_per_position(cfg: RunConfig, stats: dict) -> float:

@@ -24,7 +24,7 @@ class ModelKind:
     name: str
     build: Callable  # (cfg, run_dir | None) -> nn.Module
     prepare: Callable  # (cfg, corpus, run_dir, env with rank/device/barrier()) -> cfg, resolved
-    sampler: Callable  # (cfg, corpus, run_dir, rank, world) -> object with .batch(step, micro) -> dict
+    sampler: Callable  # (cfg, corpus, run_dir, ShardPlan) -> object with .batch(step, micro) -> dict
     train_flops_per_position: Callable  # (cfg, batch stats from model.loss) -> training FLOPs
     scores: Callable  # (model, docs, batch_size, what='nats') -> per-byte values of each document (scorer.py)
     describe: Callable  # (model, cfg, scored docs) -> (extra eval figures, FlopReport)

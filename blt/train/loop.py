@@ -2,19 +2,23 @@
 
 Contract with models and data, through the run's kind (blt.runs.kinds):
 - `kind.prepare` resolves what the run needs before its first step; `kind.sampler(cfg, corpus,
-  run_dir, rank, world)` returns an object whose `.batch(step, micro)` gives a dict of tensors, a
-  pure function of (seed, rank, world, step, micro), drawn from the rank's shard of the data;
-  the loop calls `loss, stats = model.loss(**batch)`.
+  run_dir, plan)` returns an object whose `.batch(step, micro)` gives a dict of tensors, a pure
+  function of (seed, step, micro) and the ShardPlan (rank, world, grad_accum, data.shards:
+  which shard of the data each micro-batch comes from, blt.data.stream); the loop calls
+  `loss, stats = model.loss(**batch)`.
   `loss` is the mean over `stats['targets']` scored targets; any other numeric stat (BLT's
   'patches') is summed over micro-steps and ranks and logged with its rate.
 - Training FLOPs (blt.evaluation.flops, 3 x forward): each micro-step is charged its input
-  positions times `kind.train_flops_per_position(cfg, stats)`, a BLT at the bytes per patch of
-  that very batch (targets / patches). Rows log the interval's `flops`, `flops_per_s` and the
-  running total `train_flops`, which checkpoints carry so a resumed run continues it; every
-  checkpoint step also logs a row, so the total saved is complete.
+  positions times `kind.train_flops_per_position(cfg, stats)`, a BLT what that very batch
+  executes (its patch slots and latent patches, padding included). Rows log the interval's
+  `flops`, `flops_per_s` and the running total `train_flops`, which checkpoints carry so a
+  resumed run continues it; every checkpoint step also logs a row, so the total saved is
+  complete.
 - The model is built, placed on its device, then `init_weights()`-ed (see distributed.py).
 - data.batch_size windows per micro-step and rank; an optimizer step takes grad_accum
-  micro-steps on every rank, each micro-step's mean loss weighted 1/grad_accum (nanoGPT's rule).
+  micro-steps on every rank, each micro-step's mean loss weighted by its share of the global
+  batch's scored targets, so the step's loss is the mean over every target of the global batch
+  however it is split into ranks and micro-steps (train.parallel: ddp or fsdp, see parallel.py).
 
 Guarantees:
 - Resume is exact: batches depend only on the step, and a checkpoint holds the weights, the
@@ -47,6 +51,7 @@ from torch import nn
 from blt import __version__
 from blt.config import save_yaml
 from blt.data.corpus import Corpus, open_corpus
+from blt.data.stream import ShardPlan
 from blt.errors import UserError
 from blt.evaluation.bpb import evaluate_split
 from blt.files import atomic_write_text, make_directory, print_line, read_json
@@ -58,7 +63,7 @@ from blt.runs.lock import RunLock
 from blt.train import distributed as D
 from blt.train import parallel
 from blt.train.checkpointing import for_parallel
-from blt.train.metrics import Interval, MetricsLog, Progress, summarize
+from blt.train.metrics import Interval, MetricsLog, Progress, peak_memory_mb, summarize
 from blt.train.optim import build_optimizer, build_scheduler
 
 
@@ -201,7 +206,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
     t, total = cfg.train, cfg.train.steps
     kind = kind_of(cfg)
     cfg = kind.prepare(cfg, corpus, out_dir, env)
-    sampler = kind.sampler(cfg, corpus, out_dir, env.rank, env.world)  # this rank's shard of the data
+    plan = ShardPlan(env.rank, env.world, t.grad_accum, cfg.data.shards)
+    sampler = kind.sampler(cfg, corpus, out_dir, plan)  # this rank's shards of the data
     val_split = corpus.split("val")
 
     model = setup_model(cfg, env.device, out_dir)
@@ -299,7 +305,8 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 )
                 stat_sums = dict(zip(interval.stats, sums[3:]))
                 row = {"step": done, **summarize(sums[0], sums[1], sums[2] / env.world, stat_sums)}
-                row.update(lr=lr, grad_norm=grad_norm, tokens=tokens)
+                row.update(lr=lr, grad_norm=grad_norm, tokens=tokens,
+                           peak_mem_mb=round(D.all_reduce_max(peak_memory_mb(env.device), env.device), 1))
                 if "flops" in stat_sums:
                     train_flops += stat_sums["flops"]
                     row["train_flops"] = train_flops

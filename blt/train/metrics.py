@@ -5,8 +5,10 @@ metrics.jsonl holds one JSON object per logged step, appended and flushed line b
     grad_norm (before clipping, last step of the interval), bytes_per_s (input positions per
     second of training compute, all ranks), elapsed (seconds since the run first started,
     resumes included), tokens (input positions seen so far, all ranks), the model's stats
-    summed over the interval (e.g. targets, patches) and their rates (`<stat>_per_s`), and
-    val_bpb / val_bytes on evaluation steps.
+    summed over the interval (e.g. targets, patches) and their rates (`<stat>_per_s`),
+    peak_mem_mb (the largest over ranks of the process's peak resident memory on the CPU, or of
+    the peak memory allocated by tensors on a GPU, since the process started), and val_bpb /
+    val_bytes on evaluation steps.
 A resumed run first drops the rows after its checkpoint's step (they describe work that is
 being redone), then appends to the same file.
 
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 from pathlib import Path
+
+import torch
 
 from tqdm import tqdm
 
@@ -94,6 +99,14 @@ def summarize(nats: float, positions: float, seconds: float, stats: dict[str, fl
     if stats.get("patches"):  # patching models: mean bytes per patch over the interval
         row["bytes_per_patch"] = stats["targets"] / stats["patches"]
     return row
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak memory so far: tensors allocated on a GPU, else resident memory
+    (ru_maxrss, in KiB on Linux: the runtime and libraries included, not only tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def format_rate(x: float) -> str:
