@@ -103,7 +103,7 @@ def test_shapes_ragged_rows_and_loss_stats():
     targets[1, 5] = EOS_ID
     loss, stats = model.loss(ids[:, :-1], targets, starts)
     assert torch.isfinite(loss)
-    assert stats["targets"] == B * T - 4
+    assert stats["targets"] == B * T - 3 and stats["bytes"] == B * T - 4  # the EOS is scored, and no byte
     full = complete_starts(ids[:, :-1], starts)[:, 1:]
     expected = int((full & (targets < 256)).sum())
     assert stats["patches"] == expected

@@ -106,7 +106,7 @@ def test_tiny_run_learns_and_records_itself(text_file, tmp_path):
     assert [r["step"] for r in rows] == [1, 5, 10, 15, 20, 25, 30, 35, 40]
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, (rows[0]["loss"], rows[-1]["loss"])
     for r in rows:
-        assert r["bpb"] == pytest.approx(r["loss"] / math.log(2))
+        assert r["bpb"] == pytest.approx(r["loss"] * r["targets"] / (math.log(2) * r["bytes"]))  # EOS nats per byte
         for key in ("lr", "grad_norm", "bytes_per_s", "elapsed", "tokens", "targets", "peak_mem_mb"):
             assert key in r, key
     assert [r["step"] for r in rows if "val_bpb" in r] == [20, 40]

@@ -1,9 +1,10 @@
-"""`blt study CONFIG [--out DIR] [key=value ...]`: the equal-training-FLOP comparison grid.
+"""`blt study CONFIG [--out DIR] [--workers N] [key=value ...]`: the equal-training-FLOP comparison grid.
 
-Trains and evaluates every cell of a study config (see blt/experiments/study.py and configs/study_*.yaml)
-into DIR (default runs/<config stem>), then writes DIR/results.md, results.csv and the plots.
-Rerunning the same command skips finished cells and resumes an interrupted one (Ctrl-C or
-SIGTERM stops it with 130 or 143 once the cell under way has saved a checkpoint); `key=value`
+Trains and evaluates every job of a study config (see blt/experiments/study.py and configs/study_*.yaml)
+into DIR (default runs/<config stem>), N at a time (one process and one thread each), then writes
+DIR/results.md, results.csv and the plots. Rerunning the same command skips finished jobs and
+resumes interrupted ones (Ctrl-C or SIGTERM stops it with 130 or 143 once the jobs under way
+have saved their checkpoints); `key=value`
 overrides any study config entry (`budgets=[1e12,3e12]`, `model.dim=64`). On success the last
 line on stdout is the path of results.md.
 """
@@ -22,6 +23,7 @@ def configure(p):
     p.description = __doc__.split("\n\n")[1]
     p.add_argument("config", help="study YAML config (e.g. configs/study_cpu.yaml)")
     p.add_argument("--out", help="study directory (default runs/<config stem>)")
+    p.add_argument("--workers", type=int, default=1, help="jobs trained at once, each in its own process (default 1)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. budgets=[1e12]")
     p.set_defaults(func=run)
     accept_late_overrides(p)
@@ -33,9 +35,9 @@ def run(args) -> int:
         raise UserError(f"config file not found: {source}")
     study = load_config(StudyConfig, source, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / source.stem
-    summary = run_study(study, out)
+    summary = run_study(study, out, workers=args.workers)
     for r in summary["cells"]:
-        print(f"{r['cell']:>9} @ {r['budget']:.3g} FLOPs: {r['steps']:>6} steps, bpb {r['bpb']:.4f}")
+        print(f"{r['job']:>22} @ {r['budget']:.3g} FLOPs: {r['steps']:>6} steps, test bpb {r['bpb']:.4f}")
     if not summary["complete"]:
         print(f"stopped by {summary['signal']} before the grid was done; rerun the same command to continue ({out})")
         return signal_exit_status(signal.Signals[summary["signal"]])

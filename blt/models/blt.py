@@ -156,15 +156,17 @@ def complete_starts(ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
 
 def patch_stats(ids: torch.Tensor, targets: torch.Tensor, starts: torch.Tensor) -> dict:
     """What a batch ids, targets (B, T), starts (B, T+1) holds and costs: 'targets' counts the
-    scored bytes (EOS left out), 'patches' the patches starting at a scored byte (bytes / patches
-    is the mean patch size over real bytes); padding included, 'patch_slots' the patches the
-    local models' per-patch steps compute (B rows of the longest row's count P) and
-    'latent_patches' those the latent computes (its packed rows of P: latent.pack_rows)."""
+    targets the loss averages over (bytes and EOS), 'bytes' the real bytes among them, 'patches'
+    the patches starting at a real byte (bytes / patches is the mean patch size); padding
+    included, 'patch_slots' the patches the local models' per-patch steps compute (B rows of
+    the longest row's count P) and 'latent_patches' those the latent computes (its packed rows
+    of P: latent.pack_rows)."""
     complete = complete_starts(ids, starts)
     is_real = is_byte(targets)
     counts = complete[:, : ids.shape[1]].sum(1).tolist()  # patches per row
     P = max(counts)
-    return {"targets": int(is_real.sum()), "patches": int((complete[:, 1:] & is_real).sum()),
+    return {"targets": ByteLM.count_targets(targets), "bytes": int(is_real.sum()),
+            "patches": int((complete[:, 1:] & is_real).sum()),
             "patch_slots": len(counts) * P, "latent_patches": pack_rows(counts, P)[2] * P}
 
 

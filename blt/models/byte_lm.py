@@ -22,7 +22,7 @@ from torch import nn
 from blt.config import must
 from blt.models.masks import sequence_mask
 from blt.models.transformer import TransformerConfig, TransformerStack, init_linear
-from blt.vocab import BOS_ID, PAD_ID, VOCAB_SIZES
+from blt.vocab import BOS_ID, PAD_ID, VOCAB_SIZES, is_byte
 
 
 @dataclass
@@ -80,8 +80,9 @@ class ByteLM(nn.Module):
         return int((masked_targets(targets) != -100).sum())
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy (nats) over scored targets, and stats {'targets': count}."""
+        """Mean cross-entropy (nats) over scored targets (bytes and EOS), and stats {'targets':
+        their count, 'bytes': the real bytes among them}."""
         logits = self(ids)
         t = masked_targets(targets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
-        return loss, {"targets": int((t != -100).sum())}
+        return loss, {"targets": int((t != -100).sum()), "bytes": int(is_byte(targets).sum())}

@@ -1,7 +1,9 @@
 """Training metrics: the metrics.jsonl file, interval accounting, and the progress display.
 
 metrics.jsonl holds one JSON object per logged step, appended and flushed line by line:
-    step, loss (mean nats per scored target over the interval), bpb (= loss / ln 2), lr,
+    step, loss (mean nats per scored target over the interval), bpb (the nats of every scored
+    target, EOS included, per real byte of text the targets cover, / ln 2: one definition for
+    bytes, BPE tokens and patches, as the model kinds' stats {'targets', 'bytes'} give it), lr,
     grad_norm (before clipping, last step of the interval), bytes_per_s (input positions per
     second of training compute, all ranks), elapsed (seconds since the run first started,
     resumes included), tokens (input positions seen so far, all ranks), the model's stats
@@ -91,13 +93,13 @@ def summarize(nats: float, positions: float, seconds: float, stats: dict[str, fl
     targets = max(stats.get("targets", 0.0), 1.0)
     loss = nats / targets
     row = {"loss": loss, "bpb": loss / math.log(2), "bytes_per_s": positions / max(seconds, 1e-9)}
-    if stats.get("bytes"):  # token models: targets are tokens; bpb is per byte of text they cover
+    if stats.get("bytes"):  # every kind: the nats of all its targets (EOS too) per byte of text
         row["bpb"] = nats / (math.log(2) * stats["bytes"])
     for k, v in stats.items():
         row[k] = int(v) if float(v).is_integer() else v
         row[f"{k}_per_s"] = v / max(seconds, 1e-9)
     if stats.get("patches"):  # patching models: mean bytes per patch over the interval
-        row["bytes_per_patch"] = stats["targets"] / stats["patches"]
+        row["bytes_per_patch"] = stats["bytes"] / stats["patches"]
     return row
 
 
