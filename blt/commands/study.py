@@ -35,7 +35,8 @@ def run(args) -> int:
         raise UserError(f"config file not found: {source}")
     study = load_config(StudyConfig, source, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / source.stem
-    summary = run_study(study, out, workers=args.workers)
+    command = " ".join(["blt study", str(source), "--out", str(out), "--workers", str(args.workers), *args.overrides])
+    summary = run_study(study, out, workers=args.workers, command=command)
     for r in summary["cells"]:
         print(f"{r['job']:>22} @ {r['budget']:.3g} FLOPs: {r['steps']:>6} steps, test bpb {r['bpb']:.4f}")
     if not summary["complete"]:

@@ -65,7 +65,7 @@ from blt.evaluation.bpb import split_documents
 from blt.evaluation.flops import byte_lm_flops
 from blt.evaluation.noise import robustness, scoring_pairs
 from blt.experiments.study_config import (
-    BASELINES, LOG_FILE, RESULT_FILE, Job, StudyConfig, bpe_tree, entropy_run_config, job_run_config, jobs,
+    BASELINES, LOG_FILE, RESULT_FILE, SESSIONS_FILE, Job, StudyConfig, bpe_tree, entropy_run_config, job_run_config, jobs,
     selected_shapes, uses_entropy_model,
 )
 from blt.experiments.study_pool import Stopped, run_jobs
@@ -308,18 +308,29 @@ def _check_same_study(study: StudyConfig, out_dir: Path) -> None:
             )
 
 
-def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True, workers: int = 1) -> dict:
+def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True, workers: int = 1,
+              command: str | None = None) -> dict:
     """Run (or finish) the whole grid and write the report; returns {'cells': every job's result,
     'entropy_model', 'complete', 'signal'} ('signal': the name of the one that stopped it, when
-    one did). The study holds its directory's lock (blt.runs.lock) throughout."""
+    one did). The study holds its directory's lock (blt.runs.lock) throughout. Each call is a
+    session, recorded in <out>/sessions.json (command, workers, wall time) for the report."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     out_dir = Path(out_dir)
     with RunLock(out_dir):
-        return _run_study(study, out_dir, progress, workers)
+        return _run_study(study, out_dir, progress, workers, command)
 
 
-def _run_study(study: StudyConfig, out_dir: Path, progress: bool, workers: int) -> dict:
+def _record_session(out_dir: Path, session: dict) -> list[dict]:
+    path = out_dir / SESSIONS_FILE
+    sessions = read_json(path) if path.is_file() else []
+    sessions.append(session)
+    _write_json(path, sessions)
+    return sessions
+
+
+def _run_study(study: StudyConfig, out_dir: Path, progress: bool, workers: int, command: str | None) -> dict:
+    t0 = time.time()
     _check_same_study(study, out_dir)
     corpus, pairs = scoring_setup(study)
     save_yaml(study, out_dir / "study.yaml")
@@ -348,5 +359,9 @@ def _run_study(study: StudyConfig, out_dir: Path, progress: bool, workers: int) 
         results, stopped_by = results + e.results, e.signal_name
     finally:
         bar.close()
-    write_report(out_dir, study, results, entropy_info)
+    sessions = _record_session(out_dir, {
+        "command": command, "workers": workers, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t0)),
+        "seconds": round(time.time() - t0, 1), "complete": stopped_by is None,
+    })
+    write_report(out_dir, study, results, entropy_info, sessions)
     return {"cells": results, "entropy_model": entropy_info, "complete": stopped_by is None, "signal": stopped_by}

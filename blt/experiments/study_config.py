@@ -31,6 +31,7 @@ CELLS = BASELINES + tuple(BLT_CELLS)
 ENTROPY_PATCHERS = ("entropy", "relative", "equal_info")
 RESULT_FILE = "result.json"  # in a job's run directory once it is trained and scored
 LOG_FILE = "study.log"  # what a job's setup, training and evaluation print
+SESSIONS_FILE = "sessions.json"  # the study's runs of the command: what ran, how long
 
 
 def uses_entropy_model(cell: str) -> bool:

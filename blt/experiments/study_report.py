@@ -173,9 +173,22 @@ def _seed_table(results: list[dict]) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, study, results: list[dict], entropy_info: dict | None) -> None:
+def _session_lines(sessions: list[dict]) -> list[str]:
+    """The commands that produced the results and the wall time they took."""
+    if not sessions:
+        return []
+    lines = ["", "Produced by (each run of the command continues the study where the last one stopped):", ""]
+    lines += [f"- `{s['command'] or 'run_study(...)'}`: {s['seconds'] / 60:.1f} min wall with {s['workers']} "
+              f"worker(s), started {s['started']} UTC{'' if s['complete'] else ', stopped early'}" for s in sessions]
+    total = sum(s["seconds"] for s in sessions)
+    lines += ["", f"Total wall time: {total / 60:.1f} min."]
+    return lines
+
+
+def write_markdown(path: Path, study, results: list[dict], entropy_info: dict | None,
+                   sessions: list[dict] | None = None) -> None:
     kinds = _noise_kinds(results)
-    lines = _setup_lines(study, entropy_info)
+    lines = _setup_lines(study, entropy_info) + _session_lines(sessions or [])
     for budget in sorted({r["budget"] for r in results}):
         lines += _budget_table(results, budget, kinds)
     lines += _ladder_table(results) + _seed_table(results)
@@ -244,10 +257,11 @@ def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
     return paths
 
 
-def write_report(out_dir: Path, study, results: list[dict], entropy_info: dict | None) -> None:
+def write_report(out_dir: Path, study, results: list[dict], entropy_info: dict | None,
+                 sessions: list[dict] | None = None) -> None:
     out_dir = Path(out_dir)
     results = annotate(results, entropy_info)
     write_csv(out_dir / "results.csv", results)
-    write_markdown(out_dir / "results.md", study, results, entropy_info)
+    write_markdown(out_dir / "results.md", study, results, entropy_info, sessions or [])
     if results:
         write_plots(out_dir, results)
