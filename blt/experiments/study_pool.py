@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 import traceback
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from blt.errors import UserError
 from blt.experiments.study_config import LOG_FILE, RESULT_FILE
 from blt.files import read_json
+from blt.train.loop import StopRequest
 
 EXIT_USER_ERROR, EXIT_FAILED = 2, 1
 
@@ -77,17 +77,13 @@ def _append(path: Path, text: str) -> None:
         f.write(text.rstrip("\n") + "\n")
 
 
-class _PassSignalsOn:
-    """While active, SIGINT and SIGTERM to the study are recorded and sent to every running job."""
+class _PassSignalsOn(StopRequest):
+    """While active, SIGINT and SIGTERM to the study are recorded (`signum`, the first) and sent
+    to every running job, a second one too (a job's own second SIGINT stops it at once)."""
 
     def __init__(self, running: dict):
-        self.running, self.signum, self.previous = running, None, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
+        super().__init__()
+        self.running = running
 
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
@@ -98,16 +94,11 @@ class _PassSignalsOn:
             if proc.exitcode is None:
                 os.kill(proc.pid, signum)
 
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        return False
-
 
 def _in_processes(todo: list, child_work, study, out_dir: Path, workers: int, bar) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     pending, running, results = list(todo), {}, {}
-    stopped_by, failure = None, None
+    stopped_by, failure, shown = None, None, -1
     with _PassSignalsOn(running) as signals:
         while pending or running:
             while pending and len(running) < workers and signals.signum is None and failure is None:
@@ -115,7 +106,9 @@ def _in_processes(todo: list, child_work, study, out_dir: Path, workers: int, ba
                 proc = ctx.Process(target=_child, args=(child_work, study, job, str(out_dir)), name=f"study {job.name}")
                 proc.start()
                 running[job] = proc
-            bar.set_description(f"{len(running)} running")
+            if len(running) != shown:  # redrawn only on a change (a log file gets every redraw)
+                shown = len(running)
+                bar.set_description(f"{shown} running")
             for job, proc in list(running.items()):
                 proc.join(timeout=0.2)
                 if proc.exitcode is None:

@@ -213,6 +213,16 @@ def write_markdown(path: Path, study, results: list[dict], entropy_info: dict | 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _finish(plt, fig, ax, path: Path, xlabel: str, title: str) -> None:
+    ax.set(xscale="log", xlabel=xlabel, ylabel="bits per byte (test)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with open_output(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
 def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
     import matplotlib
 
@@ -227,14 +237,8 @@ def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
     for c in cells:
         rs = sorted((r for r in rows if r["cell"] == c and r.get("train_flops")), key=lambda r: r["train_flops"])
         ax.plot([r["train_flops"] for r in rs], [r["bpb"] for r in rs], marker=MARKERS[c], label=c)
-    ax.set(xscale="log", xlabel="training FLOPs spent", ylabel="bits per byte (test)",
-           title="bpb at equal training budgets (baselines: selected shape)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with open_output(paths[0]) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, paths[0], xlabel="training FLOPs spent",
+            title="bpb at equal training budgets (baselines: selected shape)")
 
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     for i, c in enumerate(cells):
@@ -246,14 +250,8 @@ def write_plots(out_dir: Path, results: list[dict]) -> list[Path]:
             ax.plot([r["flops_per_byte"], r["flops_per_byte_with_entropy"]], [r["bpb"]] * 2, ":", color=color)
         ax.scatter([r["flops_per_byte_with_entropy"] for r in with_entropy], [r["bpb"] for r in with_entropy],
                    marker=MARKERS[c], facecolors="none", edgecolors=color)
-    ax.set(xscale="log", xlabel="inference FLOPs per byte (hollow: with entropy model)", ylabel="bits per byte (test)",
-           title="bpb against inference cost")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with open_output(paths[1]) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _finish(plt, fig, ax, paths[1], xlabel="inference FLOPs per byte (hollow: with entropy model)",
+            title="bpb against inference cost")
     return paths
 
 
