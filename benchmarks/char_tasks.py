@@ -1,7 +1,8 @@
 """The local task suite (character tasks, noised cloze) on several runs, as one markdown report.
 
-    python benchmarks/char_tasks.py byte=runs/study_cpu/cells/5e12/byte bpe=runs/study_cpu/cells/5e12/bpe \
-        blt=runs/study_cpu/cells/5e12/entropy --report benchmarks/results/char_tasks.md
+    python benchmarks/char_tasks.py byte=runs/study_cpu/cells/6e12/byte-d32x2 \
+        bpe=runs/study_cpu/cells/6e12/bpe-d64x2 blt=runs/study_cpu/cells/6e12/entropy \
+        --report benchmarks/results/char_tasks.md
 
 Each run (NAME=RUN_DIR, or RUN_DIR named by its directory) goes through lm-evaluation-harness with
 the `blt` model (blt.experiments.harness) on the tasks of blt/evaluation/tasks (default: all of

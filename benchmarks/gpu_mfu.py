@@ -119,7 +119,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['name']} | {r['flops_per_s'] / 1e12:.2f} | {r['flops_per_s'] / peak:.1%} | "
+        lines.append(f"| {r['name']} | {r['flops_per_s'] / 1e12:.3g} | {r['flops_per_s'] / peak:.1%} | "
                      f"{r['bytes_per_s']:,.0f} | {r['first_step_s']:.1f} | {r['peak_mem_mb']:,.0f} | {r['loss']:.3f} |")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")

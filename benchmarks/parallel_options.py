@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def config(steps: int) -> dict:
 
 def run(work: Path, name: str, overrides: list[str], steps: int) -> dict:
     out = work / name
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, never a resumed one
     cfg = work / "config.yaml"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

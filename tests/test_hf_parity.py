@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,30 @@ def test_loaded_checkpoint_matches_transformers(checkpoint):
         assert (logits - ours_from_hf(want)).abs().max() < 1e-4
         n_patches.add(len(hf_starts))
     assert min(n_patches) > 3 and any(s < len(d) for s, d in zip(n_patches, SAMPLES))  # varied patches
+
+
+def _mapping_of(address: int) -> tuple[str, set[str]]:
+    """(path, VmFlags) of this process's memory mapping that holds address (/proc/self/smaps)."""
+    path, flags, inside = "", set(), False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            inside, path = lo <= address < hi, head[5] if len(head) > 5 else ""
+        elif inside and head[0] == "VmFlags:":
+            return path, set(head[1:])
+    return "", flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
+def test_hash_tables_stay_mapped_without_read_ahead(checkpoint):
+    """The hash tables are views of the checkpoint file (never copied), advised for random reads
+    ('rr'): a released model's 6 GB of tables must not be read in around every row a byte uses."""
+    _, path = checkpoint
+    model, _ = load_model(path)
+    table = model.encoder.embed.tables[0].weight
+    mapped, flags = _mapping_of(table.data_ptr())
+    assert mapped == str(path / "model.safetensors") and "rr" in flags
 
 
 def test_greedy_bytes_match_transformers_generate(checkpoint):

@@ -103,8 +103,10 @@ def _setup_lines(study, entropy_info: dict | None) -> list[str]:
         f"- memory cell: the entropy BLT with {mem.layers} Memory+ layer(s) in its latent ({mem.keys}^2 slots, "
         f"{mem.heads} heads, top-{mem.topk}, key dim {mem.key_dim}); per_layer_cross: the entropy BLT whose "
         "decoder cross-attends before every layer",
-        f"- budgets (training FLOPs, 3 x forward): {', '.join(format_flops(b) for b in sorted(study.budgets))}; "
-        f"the largest also with {study.seeds} seeds",
+        f"- budgets (training FLOPs, 3 x forward): {', '.join(format_flops(b) for b in sorted(study.budgets))}"
+        + (f"; the largest with {study.seeds} seeds" if study.seeds > 1 else ""),
+        f"- every job: AdamW, peak learning rate {study.optim.lr:g} (warm-up {study.train.warmup_fraction:.0%} of "
+        f"its steps, cosine down to {study.optim.min_lr_ratio:g} x), the same for every cell and shape",
         f"- scored: the first {study.eval_bytes or 'all'} bytes of the TEST split, the same for every job; "
         "thresholds were calibrated and shapes selected on val",
     ]

@@ -22,7 +22,7 @@ from blt.errors import UserError
 from blt.inference.args import GenerationArgs
 from blt.inference.rows import OnBytes
 from blt.runs import hf_format
-from blt.runs.checkpoint import latest_checkpoint, put_weights, read_weights
+from blt.runs.checkpoint import advise_row_reads, latest_checkpoint, put_weights, read_weights
 from blt.runs.config import RunConfig, load_run_config
 from blt.runs.kinds import ModelKind, build_model, kind_of
 from blt.runs.layout import checkpoint_step
@@ -62,10 +62,11 @@ def _materialise(model: torch.nn.Module, state: dict, source, dtype: torch.dtype
                 module._buffers[name] = torch.empty_like(buf, device="cpu")
         if hasattr(module, "init_buffers"):
             module.init_buffers()
-    if dtype is not None:
-        for name, param in model.named_parameters():
-            if ".embed.tables." not in name:
-                param.data = param.data.to(dtype)
+    for name, param in model.named_parameters():
+        if ".embed.tables." in name:  # read a few rows per byte: kept mapped, in their own dtype
+            advise_row_reads(param.data)
+        elif dtype is not None:
+            param.data = param.data.to(dtype)
     model.to(device)
 
 
