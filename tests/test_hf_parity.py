@@ -129,7 +129,7 @@ def test_loaded_checkpoint_matches_transformers(checkpoint):
 
 def _mapping_of(address: int) -> tuple[str, set[str]]:
     """(path, VmFlags) of this process's memory mapping that holds address (/proc/self/smaps)."""
-    path, flags, inside = "", set(), False
+    path, inside = "", False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()
         if "-" in head[0] and not head[0].endswith(":"):
@@ -137,7 +137,7 @@ def _mapping_of(address: int) -> tuple[str, set[str]]:
             inside, path = lo <= address < hi, head[5] if len(head) > 5 else ""
         elif inside and head[0] == "VmFlags:":
             return path, set(head[1:])
-    return "", flags
+    return "", set()
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
