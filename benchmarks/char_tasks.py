@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -23,16 +22,12 @@ from pathlib import Path
 
 from blt.evaluation.tasks import SUITE
 from blt.files import atomic_write_text
+from released_blt import cpu_flags  # benchmarks/ is this script's first import path
 from blt.experiments.harness import HarnessLM
 from blt.experiments.task_suite import comparison_table, evaluate_tasks, scores
 
 STUDY_RESULT = "result.json"  # what `blt study` leaves in each cell (blt.experiments.study)
 CHAR_TASKS = ["spell", "reverse", "insert", "delete", "substitute", "swap", "ith_letter"]
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return " ".join(sorted(set(re.findall(r"\bavx[0-9a-z_]*", text)))) or "unknown"
 
 
 def describe(name: str, lm: HarnessLM, seconds: float) -> str:

@@ -29,23 +29,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+SIZES = {  # latent / byte-model shape, local models, byte context, decoder layers, hash buckets, batch
+    "tiny": ({"dim": 64, "n_layers": 2, "n_heads": 4}, {"dim": 32, "n_heads": 2, "window": 32}, 128, 1, 512, 2),
+    "1b": ({"dim": 2048, "n_layers": 20, "n_heads": 16}, {"dim": 1024, "n_heads": 8, "window": 512}, 2048, 6, 50000, 8),
+}
+
+
 def shapes(tiny: bool) -> dict[str, dict]:
-    if tiny:
-        big = {"dim": 64, "n_layers": 2, "n_heads": 4}
-        local = {"dim": 32, "n_heads": 2, "window": 32}
-        return {
-            "byte": {"model_kind": "byte", "model": {**big, "context": 128}, "batch": 2},
-            "blt": {"model_kind": "blt", "blt": {"context": 256, "encoder": {**local, "n_layers": 1}, "latent": big,
-                                                 "decoder": {**local, "n_layers": 1}, "hash_buckets": 512},
-                    "patching": {"kind": "space"}, "batch": 2},
-        }
-    big = {"dim": 2048, "n_layers": 20, "n_heads": 16}
-    local = {"dim": 1024, "n_heads": 8, "window": 512}
+    """The byte transformer and the BLT whose latent has its shape (tiny: the CPU test's sizes)."""
+    big, local, context, decoder_layers, buckets, batch = SIZES["tiny" if tiny else "1b"]
     return {
-        "byte": {"model_kind": "byte", "model": {**big, "context": 2048}, "batch": 8},
-        "blt": {"model_kind": "blt", "blt": {"context": 4096, "encoder": {**local, "n_layers": 1}, "latent": big,
-                                             "decoder": {**local, "n_layers": 6}, "hash_buckets": 50000},
-                "patching": {"kind": "space"}, "batch": 8},
+        "byte": {"model_kind": "byte", "model": {**big, "context": context}, "batch": batch},
+        "blt": {"model_kind": "blt", "blt": {"context": 2 * context, "encoder": {**local, "n_layers": 1}, "latent": big,
+                                             "decoder": {**local, "n_layers": decoder_layers}, "hash_buckets": buckets},
+                "patching": {"kind": "space"}, "batch": batch},
     }
 
 

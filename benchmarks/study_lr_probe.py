@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -27,12 +26,8 @@ from blt.data.corpus import open_corpus
 from blt.experiments.study import StudyConfig, final_metrics, plan_job, train_to_end
 from blt.experiments.study_config import Job
 from blt.files import atomic_write_text
+from released_blt import cpu_flags  # benchmarks/ is this script's first import path
 from blt.runs.config import RunConfig
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return " ".join(sorted(set(re.findall(r"\bavx[0-9a-z_]*", text)))) or "unknown"
 
 
 def probe(study: StudyConfig, job: Job, lr: float, work: Path) -> dict:
