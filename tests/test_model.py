@@ -176,3 +176,14 @@ def test_blocked_window_attention_equals_dense(T, window, with_docs):
     # the window really binds: a window of T keys gives a different answer
     wide = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(pos, pos, T, docs, docs))
     assert not torch.allclose(wide[real], dense[real], atol=1e-3)
+
+
+@pytest.mark.parametrize("memory, field", [(dict(layers=3), "memory.layers"), (dict(topk=9, keys=8), "memory.topk")])
+def test_memory_settings_are_checked_with_the_transformer(memory, field):
+    from blt.config import InvalidValue
+    from blt.models.memory import MemoryConfig
+
+    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=2, memory=MemoryConfig(**memory))
+    with pytest.raises(InvalidValue) as e:
+        cfg.validate()
+    assert e.value.field == field

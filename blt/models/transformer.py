@@ -61,13 +61,6 @@ class TransformerConfig:
             raise InvalidValue("n_heads", f"gives an odd head dimension ({self.dim} / {self.n_heads}); RoPE needs "
                                           f"an even one")
         must(self.n_heads % self.kv_heads == 0, "n_kv_heads", f"a divisor of n_heads ({self.n_heads})", self.kv_heads)
-
-    def attention_mask_bytes(self, batch: int, positions: int) -> int:
-        """Bytes of the boolean self-attention mask of a training window of `positions` (blocks
-        of 2 x window keys per query under a short sliding window, else all of them:
-        masks.window_mask), the largest tensor whose size grows with the square of the context."""
-        keys = 2 * self.window if self.window is not None and 2 * self.window <= positions else positions
-        return batch * positions * keys
         if self.memory is not None:
             try:
                 self.memory.validate()
@@ -75,6 +68,13 @@ class TransformerConfig:
                 raise InvalidValue(f"memory.{e.field}", e.problem) from None
             must(self.memory.layers <= self.n_layers, "memory.layers", f"at most n_layers ({self.n_layers})",
                  self.memory.layers)
+
+    def attention_mask_bytes(self, batch: int, positions: int) -> int:
+        """Bytes of the boolean self-attention mask of a training window of `positions` (blocks
+        of 2 x window keys per query under a short sliding window, else all of them:
+        masks.window_mask), the largest tensor whose size grows with the square of the context."""
+        keys = 2 * self.window if self.window is not None and 2 * self.window <= positions else positions
+        return batch * positions * keys
 
     def span_within(self, context: int) -> int:
         """Keys a query sees, itself included, in a model trained on `context` positions: the
