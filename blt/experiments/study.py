@@ -66,7 +66,7 @@ from blt.evaluation.flops import byte_lm_flops
 from blt.evaluation.noise import robustness, scoring_pairs
 from blt.experiments.study_config import (
     BASELINES, LOG_FILE, RESULT_FILE, SESSIONS_FILE, Job, StudyConfig, bpe_tree, entropy_run_config, job_run_config, jobs,
-    selected_shapes, uses_entropy_model,
+    selected_shapes, shape_of, uses_entropy_model,
 )
 from blt.experiments.study_pool import Stopped, run_jobs
 from blt.experiments.study_report import write_report
@@ -163,8 +163,7 @@ def plan_job(study: StudyConfig, job: Job, run_dir: Path, corpus, out_dir: Path)
         kind_of(cfg).prepare(cfg, corpus, run_dir, LocalEnv())
         bytes_per_token = measure_bytes_per_token(cfg, corpus, run_dir, study.measure_batches)
         tree = to_dict(cfg)
-        shape = next(s for s in study.shapes if s.name == job.shape)
-        tree.update(bpe_tree(study, shape, max(2, round(study.model.context / bytes_per_token))))
+        tree.update(bpe_tree(study, shape_of(study, job), max(2, round(study.model.context / bytes_per_token))))
         cfg = from_dict(RunConfig, tree)
         plan["train_bytes_per_patch"] = bytes_per_token
     per_position = kind_of(cfg).train_flops_per_position(cfg, stats)

@@ -244,7 +244,7 @@ def entropy_run_config(study: StudyConfig) -> RunConfig:
     return from_dict(RunConfig, tree)
 
 
-def _shape(study: StudyConfig, job: Job) -> Shape:
+def shape_of(study: StudyConfig, job: Job) -> Shape:
     for shape in study.shapes:
         if shape.name == job.shape:
             return shape
@@ -256,11 +256,11 @@ def job_run_config(study: StudyConfig, job: Job, steps: int, entropy_dir: Path |
     m, loc = study.model, study.local
     tree = _common(study, steps, seed=job.seed)
     if job.cell == "byte":
-        s = _shape(study, job)
+        s = shape_of(study, job)
         tree.update(model_kind="byte", model={"dim": s.dim, "n_layers": s.n_layers, "n_heads": s.n_heads,
                                               "context": m.context})
     elif job.cell == "bpe":
-        tree.update(bpe_tree(study, _shape(study, job)))
+        tree.update(bpe_tree(study, shape_of(study, job)))
     elif job.cell in BLT_CELLS:
         local = {"dim": loc.dim, "n_heads": loc.n_heads, "window": loc.window}
         latent = {"dim": m.dim, "n_layers": m.n_layers, "n_heads": m.n_heads}

@@ -133,7 +133,7 @@ def _budget_table(results: list[dict], budget: float, kinds: list[str]) -> list[
         spent = r.get("train_flops")
         cols = [
             r["cell"], r.get("shape") or "-", str(r["steps"]),
-            "-" if spent is None else f"{format_flops(spent)} ({spent / budget:.2f})",
+            "-" if spent is None else f"{format_flops(spent)} ({r['flops_vs_budget']:.2f})",
             format_flops(r["budget_with_entropy_model"]), _fmt(r["bpb"], 4), _fmt(r.get("train_bpb"), 3),
             format_flops(r["flops_per_byte"]), format_flops(r["flops_per_byte_with_entropy"]),
             _fmt(r.get("bytes_per_patch"), 2), f"{r['params']:,}",

@@ -85,4 +85,4 @@ class ByteLM(nn.Module):
         logits = self(ids)
         t = masked_targets(targets)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
-        return loss, {"targets": int((t != -100).sum()), "bytes": int(is_byte(targets).sum())}
+        return loss, {"targets": self.count_targets(targets), "bytes": int(is_byte(targets).sum())}

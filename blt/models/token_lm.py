@@ -88,14 +88,18 @@ class TokenLM(nn.Module):
         return self.head(h).float()  # (B, T, V)
 
     @staticmethod
-    def count_targets(targets: torch.Tensor) -> int:
-        """Tokens the loss averages over (BOS and PAD are not scored)."""
-        return int(((targets != BOS) & (targets != PAD)).sum())
+    def scored(targets: torch.Tensor) -> torch.Tensor:
+        """Targets the loss averages over (BOS, which only follows EOS, and PAD are not scored)."""
+        return (targets != BOS) & (targets != PAD)
+
+    @classmethod
+    def count_targets(cls, targets: torch.Tensor) -> int:
+        return int(cls.scored(targets).sum())
 
     def loss(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy (nats per scored token); stats {'targets': tokens, 'bytes': their bytes}."""
         logits = self(ids)
-        scored = (targets != BOS) & (targets != PAD)  # a BOS target only follows EOS
+        scored = self.scored(targets)
         t = targets.masked_fill(~scored, -100)
         loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), t.view(-1), ignore_index=-100)
         n_bytes = self.token_lengths[targets].sum()  # BOS, EOS and PAD stand for 0 bytes

@@ -58,9 +58,9 @@ class WholeCheckpoints:
     """Rank 0 writes the whole state; every rank reads it."""
 
     def save(self, run_dir: Path, step: int, model, optimizer, cfg, counters: dict, env) -> Path:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(env.device), **counters}
         path = None
-        if env.rank == 0:
+        if env.rank == 0:  # DDP's optimizer state is whole on every rank: only the writer needs it
+            state = {"step": step, "optimizer": optimizer.state_dict(), "rng": _rng_state(env.device), **counters}
             path = save_checkpoint(run_dir, step, model, cfg, state, cfg.train.keep_checkpoints)
         D.barrier()
         return path or run_dir / layout.CHECKPOINTS / layout.checkpoint_name(step)

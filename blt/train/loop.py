@@ -259,7 +259,7 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
         for step in range(start, total):
             tic = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            step_nats, step_targets = 0.0, 0.0
+            step_nats = 0.0
             batches = [sampler.batch(step, micro) for micro in range(t.grad_accum)]
             # each micro-step's mean loss weighted by its share of the step's scored targets over
             # all ranks (x world: DDP and FSDP average over ranks), so the gradient is the mean over
@@ -275,13 +275,12 @@ def _train(cfg: RunConfig, out_dir: Path, resume: bool, corpus: Corpus, env: D.D
                 nats = loss.item() * float(stats["targets"])
                 interval.nats += nats
                 step_nats += nats  # the step's own, for the finiteness check
-                step_targets += float(stats["targets"])
                 interval.positions += batch["targets"].numel()
                 tokens += batch["targets"].numel() * env.world  # same batch shape on every rank
                 interval.add(stats)
                 interval.add({"flops": kind.train_flops_per_position(cfg, stats) * batch["targets"].numel()})
             grad_norm = _total(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            _check_finite(step + 1, step_nats / max(step_targets, 1.0), grad_norm, ckpt_path, env)
+            _check_finite(step + 1, step_nats / max(sum(counts), 1.0), grad_norm, ckpt_path, env)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
